@@ -198,17 +198,36 @@ class EditableCache:
             self._ids = self._ids[:length]
             self._next_logits = None
 
+    def clone(self, *, strategy: Strategy | None = None) -> EditableCache:
+        """An independent copy, to try several strategies on one encoded sequence."""
+        twin = EditableCache.__new__(EditableCache)
+        twin.__dict__.update(self.__dict__)
+        twin.strategy = self.strategy if strategy is None else strategy
+        _check_strategy(twin.strategy)
+        twin._slab = _Slab.__new__(_Slab)
+        twin._slab.keys = self._slab.keys.clone()
+        twin._slab.values = self._slab.values.clone()
+        twin._slab.write_at = 0
+        twin._hf_cache = SlabCache(twin._slab, self.spec.num_layers)
+        twin._ids = list(self._ids)
+        twin._positions = self._positions.clone()
+        return twin
+
     def release(self) -> None:
         """Free the buffers; the cache is empty and usable afterwards."""
         self._ids = []
         self._next_logits = None
-        self._slab.keys = self._slab.keys.new_zeros((*self._slab.keys.shape[:2], 16, self.spec.head_dim))
+        self._slab.keys = self._slab.keys.new_zeros(
+            (*self._slab.keys.shape[:2], 16, self.spec.head_dim)
+        )
         self._slab.values = torch.zeros_like(self._slab.keys)
         self._positions = torch.zeros(16, dtype=torch.long)
 
     # ---- edits ---------------------------------------------------------------------------
 
-    def insert(self, index: int, ids: Sequence[int], *, strategy: Strategy | None = None) -> EditStats:
+    def insert(
+        self, index: int, ids: Sequence[int], *, strategy: Strategy | None = None
+    ) -> EditStats:
         new_ids = self._checked_ids(ids, "inserted ids")
         return self.apply_edits([TokenEdit.insert(index, new_ids)], strategy=strategy)
 
@@ -248,7 +267,9 @@ class EditableCache:
             self._next_logits = None
             self._encode_at(keep, new_ids[keep:])
             return self._record(chosen, len(new_ids) - keep, keep, 0, started)
-        return self._splice(ordered, new_ids, rotate=chosen == "pie", strategy=chosen, started=started)
+        return self._splice(
+            ordered, new_ids, rotate=chosen == "pie", strategy=chosen, started=started
+        )
 
     def _splice(
         self,
@@ -308,7 +329,9 @@ class EditableCache:
                 rotary_dim=self.spec.rotary_dim,
                 interleaved=self.spec.interleaved,
             )
-            self._positions[start + shift : end + shift] = self._positions[start:end].clone() + shift
+            self._positions[start + shift : end + shift] = (
+                self._positions[start:end].clone() + shift
+            )
         else:
             kernels.copy_suffix(slab.keys, slab.values, start, end, shift)
             self._positions[start + shift : end + shift] = self._positions[start:end].clone()

@@ -48,6 +48,8 @@ _FIM_VOCABULARIES = (
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
+_CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -134,7 +136,17 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"cannot read the config of model {name_or_path!r}: {error}") from error
+        raise ModelLoadError(
+            f"cannot read the config of model {name_or_path!r}: {error}"
+        ) from error
+    architectures = getattr(config, "architectures", None) or []
+    if getattr(config, "is_encoder_decoder", False) or (
+        architectures and not any(a.endswith(_CAUSAL_LM_SUFFIXES) for a in architectures)
+    ):
+        raise ModelLoadError(
+            f"model {name_or_path!r} ({', '.join(architectures) or config.model_type}) is not a "
+            "causal language model"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,

@@ -198,7 +198,10 @@ def train(args: argparse.Namespace) -> None:
         step += 1
         elapsed = time.monotonic() - started
         progress.set_postfix(
-            loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", epoch=epoch, tok_s=f"{tokens_per_step * progress.n / max(elapsed, 1e-9):.0f}"
+            loss=f"{loss.item():.3f}",
+            lr=f"{lr:.2e}",
+            epoch=epoch,
+            tok_s=f"{tokens_per_step * progress.n / max(elapsed, 1e-9):.0f}",
         )
         progress.update(1)
         if step % args.eval_every == 0 or step == args.steps:
@@ -227,7 +230,10 @@ def train(args: argparse.Namespace) -> None:
 
 
 def export(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, log: list[dict], args: argparse.Namespace
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    log: list[dict],
+    args: argparse.Namespace,
 ) -> None:
     output: Path = args.output
     output.mkdir(parents=True, exist_ok=True)
@@ -247,7 +253,9 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -39,7 +39,15 @@ HELD_OUT_MODULES = (
     "zipapp.py",
 )
 
-_SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "turtledemo", "pydoc_data"}
+_SKIPPED_DIRS = {
+    "test",
+    "tests",
+    "idle_test",
+    "site-packages",
+    "__pycache__",
+    "turtledemo",
+    "pydoc_data",
+}
 _SKIPPED_DIRS_EXTRA = {"_vendor", "_distutils_hack"}
 
 

@@ -93,7 +93,10 @@ def test_prefix_matches_full(llama):
     "model_type,overrides",
     [
         ("llama", {}),
-        ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}),
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+        ),
         (
             "llama",
             {
@@ -218,7 +221,9 @@ def test_append_and_score(llama):
     appended = cache.append(ids[10:])
     torch.testing.assert_close(scored, appended, atol=ATOL, rtol=0)
     reference = fresh(llama, ids)
-    torch.testing.assert_close(cache.next_token_logits(), reference.next_token_logits(), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        cache.next_token_logits(), reference.next_token_logits(), atol=ATOL, rtol=0
+    )
 
 
 def snapshot(cache: EditableCache):
@@ -273,7 +278,11 @@ def test_capacity_grows_geometrically(llama):
     "model_type,overrides,reason",
     [
         ("gpt2", {}, "no rotary"),
-        ("llama", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}, "dynamic"),
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+            "dynamic",
+        ),
     ],
 )
 def test_unsupported_models_are_refused(model_type, overrides, reason):
