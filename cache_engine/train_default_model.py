@@ -226,7 +226,7 @@ def train(args: argparse.Namespace) -> None:
                 if old != path:
                     old.unlink()
     progress.close()
-    export(model, tokenizer, log, args)
+    export(model, tokenizer, log, args, train_minutes=(time.monotonic() - started) / 60)
 
 
 def export(
@@ -234,6 +234,8 @@ def export(
     tokenizer: PreTrainedTokenizerFast,
     log: list[dict],
     args: argparse.Namespace,
+    *,
+    train_minutes: float,
 ) -> None:
     output: Path = args.output
     output.mkdir(parents=True, exist_ok=True)
@@ -246,6 +248,8 @@ def export(
         "tokens_seen": args.steps * args.batch_size * SEQ_LEN,
         "peak_lr": args.lr,
         "seed": args.seed,
+        # Wall time of this process only; a resumed run counts from its resume.
+        "train_minutes": round(train_minutes, 1),
         "log": log,
     }
     (output / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
