@@ -23,6 +23,7 @@ import torch
 
 from cache_engine.editable_cache import EditableCache
 from cache_engine.model_loading import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from cache_engine.next_line import generate_next_line, next_line_context
 from cache_engine.training_corpus import HELD_OUT_MODULES, collect_sources
 
 WINDOW = 1024
@@ -48,11 +49,14 @@ def bits_per_byte(loaded: LoadedModel, texts: list[str]) -> tuple[float, float]:
     return total_nats / total_tokens, total_nats / math.log(2) / total_bytes
 
 
-def complete_line(loaded: LoadedModel, cache: EditableCache, max_tokens: int = 48) -> str:
+def complete_middle_line(loaded: LoadedModel, cache: EditableCache, max_tokens: int = 48) -> str:
+    """The rest of the line at a FIM prompt's middle (FIM training cut at any character, so the
+    prompt may end anywhere)."""
     pieces: list[int] = []
+    stop_ids = set(loaded.eos_token_ids) | set(loaded.tokenizer.all_special_ids)
 
     def keep_going(token: int) -> bool:
-        if token in loaded.eos_token_ids:
+        if token in stop_ids:
             return False
         pieces.append(token)
         return "\n" not in loaded.tokenizer.decode(pieces)
@@ -78,9 +82,10 @@ def next_line_exact_match(
     hits = 0
     examples = []
     for file_index, offset, truth in picks:
-        ids = loaded.tokenizer(texts[file_index][:offset], add_special_tokens=False)["input_ids"]
+        context = next_line_context(texts[file_index][:offset])
+        ids = loaded.tokenizer(context, add_special_tokens=False)["input_ids"]
         cache.reset(ids[-context_tokens:])
-        predicted = complete_line(loaded, cache)
+        predicted = generate_next_line(cache, loaded.tokenizer, loaded.eos_token_ids)
         hit = predicted.strip() == truth.strip()
         hits += hit
         if len(examples) < 8:
@@ -129,10 +134,12 @@ def sample_completions(loaded: LoadedModel, texts: list[str], seed: int) -> list
                 + loaded.tokenizer(suffix, add_special_tokens=False)["input_ids"]
                 + loaded.tokenizer(fim.middle, add_special_tokens=False)["input_ids"]
             )
+            cache.reset(prompt_ids)
+            completion = complete_middle_line(loaded, cache)
         else:
-            prompt_ids = loaded.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        cache.reset(prompt_ids)
-        completion = complete_line(loaded, cache)
+            context = next_line_context(prefix)
+            cache.reset(loaded.tokenizer(context, add_special_tokens=False)["input_ids"])
+            completion = generate_next_line(cache, loaded.tokenizer, loaded.eos_token_ids)
         samples.append(
             {
                 "kind": kind,
