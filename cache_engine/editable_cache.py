@@ -48,6 +48,9 @@ class EditStats:
 class _Slab:
     """The shared K/V buffers and the slot where the next forward pass writes."""
 
+    # Buffers must be ordinary tensors even when made during generation (inference mode): the
+    # kernels update them in place outside it.
+    @torch.inference_mode(False)
     def __init__(self, spec: RotarySpec, capacity: int, dtype: torch.dtype, device: torch.device):
         shape = (spec.num_layers, spec.num_kv_heads, capacity, spec.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
@@ -58,6 +61,7 @@ class _Slab:
     def capacity(self) -> int:
         return self.keys.shape[2]
 
+    @torch.inference_mode(False)
     def grow(self, capacity: int, keep: int) -> None:
         keys = self.keys.new_zeros((*self.keys.shape[:2], capacity, self.keys.shape[3]))
         values = torch.zeros_like(keys)
@@ -198,6 +202,7 @@ class EditableCache:
             self._ids = self._ids[:length]
             self._next_logits = None
 
+    @torch.inference_mode(False)
     def clone(self, *, strategy: Strategy | None = None) -> EditableCache:
         """An independent copy, to try several strategies on one encoded sequence."""
         twin = EditableCache.__new__(EditableCache)
@@ -213,6 +218,7 @@ class EditableCache:
         twin._positions = self._positions.clone()
         return twin
 
+    @torch.inference_mode(False)
     def release(self) -> None:
         """Free the buffers; the cache is empty and usable afterwards."""
         self._ids = []
@@ -458,6 +464,7 @@ class EditableCache:
                 f"the edit needs {needed} tokens but the cache holds at most {self.max_capacity}"
             )
 
+    @torch.inference_mode(False)
     def _ensure_capacity(self, needed: int, keep: int | None = None) -> None:
         if needed <= self._slab.capacity:
             return

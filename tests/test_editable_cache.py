@@ -290,3 +290,15 @@ def test_unsupported_models_are_refused(model_type, overrides, reason):
     with pytest.raises(UnsupportedModelError, match=reason) as error:
         EditableCache(model)
     assert repr(model.config.model_type) in str(error.value)
+
+
+def test_growth_during_generation_keeps_buffers_editable(llama):
+    """Buffers grown inside generation (inference mode) must still take in-place edits."""
+    ids = random_ids(14, 13)
+    cache = EditableCache(llama, strategy="pie", initial_capacity=16)
+    cache.reset(ids)
+    cache.generate(10, lambda token: True)
+    assert cache.capacity == 32
+    cache.insert(0, [5, 6])
+    reference = fresh(llama, [5, 6, *ids])
+    torch.testing.assert_close(cache.layer_kv(0)[0], reference.layer_kv(0)[0], atol=ATOL, rtol=0)

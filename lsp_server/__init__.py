@@ -1,0 +1,1 @@
+"""pie-lsp's language server: protocol glue around `cache_engine.completion`."""

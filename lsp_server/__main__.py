@@ -1,0 +1,118 @@
+"""pie-lsp: inline code completion from a local model whose KV cache follows your edits.
+
+pie-lsp                               # stdio (what editors launch)
+pie-lsp --tcp --port 2087             # TCP on 127.0.0.1
+pie-lsp --model ~/models/my-coder --strategy prefix --log-file /tmp/pie-lsp.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+
+from cache_engine.completion_settings import EDIT_STRATEGIES
+from lsp_server.server import VERSION, LaunchOptions, create_server
+
+log = logging.getLogger("lsp_server")
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pie-lsp",
+        description=(
+            "Language server for inline code completion from a local code model whose KV cache "
+            "is edited (Positional Integrity Encoding), not recomputed, when you edit the file."
+        ),
+        epilog=(
+            "Settings (initializationOptions or workspace/didChangeConfiguration, under "
+            '"pieLsp"): strategy, debounceMs, maxNewTokens, maxPromptTokens, suffixShare, '
+            "windowMarginLines, memoryBudgetMb. Command pie-lsp.stats returns per-document "
+            "cache statistics."
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the shipped model) or a Hugging Face model folder (default: %(default)s)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default=None,
+        help="weights dtype (default: float32)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=EDIT_STRATEGIES,
+        default="pie",
+        help="how the cache follows edits: pie (edit in place), prefix (re-encode after the "
+        "first change) or full (re-encode everything) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow .bin/.pt weights, which can run code when loaded",
+    )
+    parser.add_argument("--log-file", help="write the log here instead of stderr")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="(default: %(default)s)",
+    )
+    parser.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP host (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=2087, help="TCP port (default: %(default)s)")
+    parser.add_argument("--version", action="version", version=f"pie-lsp {VERSION}")
+    return parser.parse_args(argv)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = parse_arguments(argv)
+    level = getattr(logging, arguments.log_level)
+    # stdout carries the protocol: the log goes to a file or stderr, never stdout.
+    destination = {"filename": arguments.log_file} if arguments.log_file else {"stream": sys.stderr}
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", **destination
+    )
+    if level > logging.DEBUG:
+        # pygls logs every message it sends at INFO: whole documents, on every change.
+        logging.getLogger("pygls").setLevel(logging.WARNING)
+    options = LaunchOptions(
+        model=arguments.model,
+        device=arguments.device,
+        dtype=arguments.dtype,
+        strategy=arguments.strategy,
+        allow_pickle=arguments.allow_pickle,
+        client_log_level=max(level, logging.INFO),
+    )
+    server = create_server(options)
+    if arguments.tcp:
+        if not is_loopback(arguments.host):
+            log.warning(
+                "listening on %s, which is not a loopback address: anyone who can reach this "
+                "port can read the documents you edit",
+                arguments.host,
+            )
+        server.start_tcp(arguments.host, arguments.port)
+    else:
+        server.start_io()
+
+
+if __name__ == "__main__":
+    main()

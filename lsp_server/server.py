@@ -1,0 +1,495 @@
+"""pie-lsp's LSP handlers: convert protocol types, call the completion engine, convert back.
+
+The server answers `initialize` at once and loads the model in the background afterwards
+(reporting `$/progress`); until the model is ready, or if it cannot be loaded, completions are
+empty. Text changes update the engine's own mirror of each document immediately; model work runs
+on the engine's worker thread (see `inference.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
+
+from cache_engine.completion_settings import CompletionSettings, SettingsError
+from cache_engine.documents import DocumentError, DocumentStore, TextChange
+from lsp_server.client_log import ClientLogHandler
+from lsp_server.inference import InferenceWorker
+from lsp_server.positions import LineIndex, PositionError, encoded_length
+from lsp_server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from cache_engine.completion import CompletionEngine
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+STATS_COMMAND = "pie-lsp.stats"
+COMPLETION_TRIGGER_CHARACTERS = [".", "(", "[", ",", "="]
+LABEL_CHARS = 60
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    model: str = "default"
+    device: str = "cpu"
+    dtype: str | None = None
+    strategy: str = "pie"
+    allow_pickle: bool = False
+    # Records at this level and above also go to the client as window/logMessage.
+    client_log_level: int = logging.INFO
+
+
+class PieProtocol(LanguageServerProtocol):
+    """pygls' protocol without pygls' own copy of each document.
+
+    pie-lsp keeps its own mirror (it needs the text as it was before each change, and LSP line
+    breaks rather than str.splitlines'), so pygls' copy would only double the memory and the
+    per-keystroke work on big files, and its errors (a change to a closed document, an odd
+    range) would stop notifications before pie-lsp's handlers can report them.
+    """
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(
+        self, params: types.DidOpenTextDocumentParams
+    ) -> Generator[Any, Any, None]:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(
+        self, params: types.DidChangeTextDocumentParams
+    ) -> Generator[Any, Any, None]:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(
+        self, params: types.DidCloseTextDocumentParams
+    ) -> Generator[Any, Any, None]:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
+            yield handler, (params,), None
+
+
+class PieLanguageServer(LanguageServer):
+    def __init__(self, options: LaunchOptions | None = None):
+        super().__init__(
+            "pie-lsp",
+            VERSION,
+            protocol_cls=PieProtocol,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+        )
+        self.options = options or LaunchOptions()
+        self.documents = DocumentStore()
+        self.settings = ServerSettings(
+            completion=CompletionSettings(strategy=self.options.strategy)  # type: ignore[arg-type]
+        )
+        self.engine: CompletionEngine | None = None
+        self.model_state = "not loaded"
+        self.worker = InferenceWorker()
+        self._line_indexes: dict[str, LineIndex] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- documents -----------------------------------------------------------------------
+
+    @property
+    def position_encoding(self) -> str:
+        """The position encoding agreed at initialize (UTF-16 unless the client offered
+        another that pygls preferred)."""
+        capabilities = getattr(self.protocol, "server_capabilities", None)
+        kind = capabilities.position_encoding if capabilities is not None else None
+        return str(getattr(kind, "value", kind) or "utf-16")
+
+    def line_index(self, uri: str, text: str) -> LineIndex:
+        index = self._line_indexes.get(uri)
+        if index is None or index.text is not text:
+            index = self._line_indexes[uri] = LineIndex(text, self.position_encoding)
+        return index
+
+    def open_document(self, document: types.TextDocumentItem) -> None:
+        if self.engine is not None:
+            self.engine.open_document(
+                document.uri, document.text, document.version, document.language_id
+            )
+        else:
+            self.documents.open(document.uri, document.text, document.version, document.language_id)
+
+    def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
+        uri, version = params.text_document.uri, params.text_document.version
+        snapshot = self.documents.snapshot(uri)
+        if version <= snapshot.version:
+            log.error(
+                "didChange for %s goes from version %d back to %d; applying it anyway",
+                uri,
+                snapshot.version,
+                version,
+            )
+        text = snapshot.text
+        changes: list[TextChange] = []
+        for event in params.content_changes:
+            if isinstance(event, types.TextDocumentContentChangePartial):
+                index = (
+                    self.line_index(uri, text)
+                    if not changes
+                    else LineIndex(text, self.position_encoding)
+                )
+                start = index.resolve(event.range.start)
+                end = index.resolve(event.range.end)
+                if end.offset < start.offset:
+                    raise PositionError(
+                        f"change range {_range_text(event.range)} ends before it starts"
+                    )
+                if start.inside_character or end.inside_character:
+                    log.warning(
+                        "change range %s splits a character in %s", _range_text(event.range), uri
+                    )
+                change = TextChange(start.offset, end.offset, event.text)
+            else:
+                change = TextChange(0, len(text), event.text)
+            changes.append(change)
+            text = change.apply(text)
+        self.documents.change(uri, version, changes)
+        # The index of the old text would only keep that text alive.
+        self._line_indexes.pop(uri, None)
+
+    def close_document(self, uri: str) -> None:
+        self._line_indexes.pop(uri, None)
+        if self.engine is not None:
+            self.engine.close_document(uri)
+            self.worker.submit(self.engine.release_closed)
+        else:
+            self.documents.close(uri)
+
+    # ---- settings ------------------------------------------------------------------------
+
+    def apply_settings(self, raw: object, origin: str) -> None:
+        """Apply client settings; invalid ones are reported and the old ones kept."""
+        try:
+            settings = self.settings.updated(raw)
+            if self.engine is not None:
+                self.engine.update_settings(settings.completion)
+        except SettingsError as error:
+            message = f"pie-lsp: invalid settings from {origin}, keeping the previous ones: {error}"
+            log.error("%s", message)
+            self.window_show_message(
+                types.ShowMessageParams(type=types.MessageType.Error, message=message)
+            )
+            return
+        self.settings = settings
+        log.info(
+            "settings from %s: %s, debounce %d ms",
+            origin,
+            settings.completion,
+            settings.debounce_ms,
+        )
+
+    async def pull_configuration(self) -> object:
+        """The "pieLsp" section via workspace/configuration, for clients that send no settings
+        with didChangeConfiguration; None when the client cannot answer."""
+        workspace = self.client_capabilities.workspace
+        if workspace is None or not workspace.configuration:
+            return None
+        request = types.ConfigurationParams(items=[types.ConfigurationItem(section="pieLsp")])
+        try:
+            result = await asyncio.wait_for(self.workspace_configuration_async(request), 5)
+        except Exception as error:
+            log.warning("workspace/configuration failed: %r", error)
+            return None
+        return result[0] if result else None
+
+    # ---- model ---------------------------------------------------------------------------
+
+    def start_loading_model(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._load_model())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _load_model(self) -> None:
+        token = f"pie-lsp-load-{uuid.uuid4()}"
+        progress = await self._begin_progress(token, f"loading model {self.options.model}")
+        self.model_state = "loading"
+        try:
+            engine = await self.worker.run(self._build_engine)
+        except Exception as error:
+            self.model_state = f"failed: {error}"
+            message = (
+                f"pie-lsp: cannot load model {self.options.model!r}: {error}. "
+                "Completions stay empty until the server is restarted with a working --model."
+            )
+            log.error("%s", message, exc_info=not _is_load_error(error))
+            self.window_show_message(
+                types.ShowMessageParams(type=types.MessageType.Error, message=message)
+            )
+        else:
+            self.engine = engine
+            self.model_state = "ready"
+            log.info(
+                "model %s ready (FIM: %s, strategy %s)",
+                engine.loaded.name,
+                "yes" if engine.loaded.fim else "no",
+                self.settings.completion.strategy,
+            )
+        finally:
+            if progress:
+                self.work_done_progress.end(
+                    token, types.WorkDoneProgressEnd(message=f"model {self.model_state}")
+                )
+
+    def _build_engine(self) -> CompletionEngine:
+        # Imported here: torch and transformers take seconds, and `initialize` must not wait.
+        from cache_engine.completion import CompletionEngine
+        from cache_engine.model_loading import load_model
+
+        options = self.options
+        loaded = load_model(
+            options.model,
+            device=options.device,
+            dtype=options.dtype,
+            allow_pickle=options.allow_pickle,
+        )
+        try:
+            return CompletionEngine(loaded, self.settings.completion, self.documents)
+        except SettingsError as error:
+            log.error("settings do not fit model %s (%s): using the defaults", options.model, error)
+            defaults = CompletionSettings(strategy=self.settings.completion.strategy)
+            self.settings = ServerSettings(defaults, self.settings.debounce_ms)
+            return CompletionEngine(loaded, defaults, self.documents)
+
+    async def _begin_progress(self, token: str, message: str) -> bool:
+        window = self.client_capabilities.window
+        if window is None or not window.work_done_progress:
+            return False
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), timeout=5)
+        except Exception as error:
+            log.warning("client refused a progress token: %r", error)
+            return False
+        self.work_done_progress.begin(
+            token, types.WorkDoneProgressBegin(title="pie-lsp", message=message)
+        )
+        return True
+
+    # ---- completion ----------------------------------------------------------------------
+
+    async def complete(self, uri: str, position: types.Position) -> str | None:
+        """The completion text at `position`, or None (no model, superseded, cancelled, bad
+        input)."""
+        engine = self.engine
+        if engine is None:
+            log.debug("completion for %s before the model is ready (%s)", uri, self.model_state)
+            return None
+        if uri not in self.documents:
+            log.error("completion requested for %s, which is not open", uri)
+            return None
+        flag = self.worker.begin(uri)
+        try:
+            snapshot = self.documents.snapshot(uri)
+            resolved = self.line_index(uri, snapshot.text).resolve(position)
+            typed = engine.typed_ahead(uri, resolved.offset, version=snapshot.version)
+            if typed is not None:
+                log.debug("completion %s in %s: typed ahead", _position_text(position), uri)
+                return typed.text
+            if self.settings.debounce_ms:
+                await asyncio.sleep(self.settings.debounce_ms / 1000)
+            if flag.is_set():
+                return None
+            snapshot = self.documents.snapshot(uri)
+            resolved = self.line_index(uri, snapshot.text).resolve(position)
+            if resolved.inside_character:
+                log.warning("position %s splits a character in %s", _position_text(position), uri)
+            completion = await self.worker.run(
+                engine.complete,
+                uri,
+                resolved.offset,
+                version=snapshot.version,
+                should_stop=flag.is_set,
+            )
+        except asyncio.CancelledError:
+            flag.set()
+            raise
+        except (DocumentError, PositionError) as error:
+            log.error("completion at %s in %s: %s", _position_text(position), uri, error)
+            return None
+        except Exception:
+            log.exception("completion at %s in %s failed", _position_text(position), uri)
+            return None
+        finally:
+            self.worker.end(uri, flag)
+        log.debug(
+            "completion %s in %s: %r (%s, %s, %d tokens, %.0f ms)",
+            _position_text(position),
+            uri,
+            completion.text,
+            completion.source,
+            completion.reason,
+            completion.tokens_generated,
+            completion.seconds * 1000,
+        )
+        return completion.text or None
+
+    def word_before(self, uri: str, position: types.Position) -> str:
+        """The identifier characters just before `position` (what a completion menu filters by)."""
+        try:
+            snapshot = self.documents.snapshot(uri)
+            offset = self.line_index(uri, snapshot.text).offset(position)
+        except (DocumentError, PositionError):
+            return ""
+        start = offset
+        while start > 0 and (snapshot.text[start - 1].isalnum() or snapshot.text[start - 1] == "_"):
+            start -= 1
+        return snapshot.text[start:offset]
+
+    def stats(self, uri: str | None) -> dict[str, object]:
+        return {
+            "model": self.options.model,
+            "modelState": self.model_state,
+            "strategy": self.settings.completion.strategy,
+            "settings": {
+                **{k: getattr(self.settings.completion, k) for k in CompletionSettings.names()},
+                "debounce_ms": self.settings.debounce_ms,
+            },
+            "documents": self._document_stats(uri),
+        }
+
+    def _document_stats(self, uri: str | None) -> dict[str, dict[str, object]]:
+        if self.engine is None:
+            return {}
+        result = self.engine.stats(uri)
+        for key, values in result.items():
+            try:
+                snapshot = self.documents.snapshot(key)
+            except DocumentError:
+                continue
+            values["version"] = snapshot.version
+            values["chars"] = len(snapshot.text)
+        return result
+
+
+def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
+    server = PieLanguageServer(options)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: PieLanguageServer, params: types.InitializeParams) -> None:
+        ls.apply_settings(params.initialization_options, "initializationOptions")
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: PieLanguageServer, params: types.InitializedParams) -> None:
+        handler = ClientLogHandler(ls, asyncio.get_running_loop(), ls.options.client_log_level)
+        for name in ("lsp_server", "cache_engine"):
+            logging.getLogger(name).addHandler(handler)
+        ls.start_loading_model()
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: PieLanguageServer, params: None) -> None:
+        ls.worker.shutdown()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: PieLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.open_document(params.text_document)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: PieLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+        try:
+            ls.change_document(params)
+        except (DocumentError, PositionError) as error:
+            log.error("didChange for %s ignored: %s", params.text_document.uri, error)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: PieLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+        try:
+            ls.close_document(params.text_document.uri)
+        except DocumentError as error:
+            log.error("didClose ignored: %s", error)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: PieLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+        # The mirror already has every change; saving changes nothing for completions.
+        log.debug("saved %s", params.text_document.uri)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(
+        ls: PieLanguageServer, params: types.DidChangeConfigurationParams
+    ) -> None:
+        raw = params.settings
+        if raw is None or raw == {}:
+            raw = await ls.pull_configuration()
+        if raw is not None:
+            ls.apply_settings(raw, "workspace/didChangeConfiguration")
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(
+        ls: PieLanguageServer, params: types.InlineCompletionParams
+    ) -> list[types.InlineCompletionItem]:
+        position = params.position
+        text = await ls.complete(params.text_document.uri, position)
+        if not text:
+            return []
+        return [
+            types.InlineCompletionItem(
+                insert_text=text, range=types.Range(start=position, end=position)
+            )
+        ]
+
+    @server.feature(
+        types.TEXT_DOCUMENT_COMPLETION,
+        types.CompletionOptions(trigger_characters=COMPLETION_TRIGGER_CHARACTERS),
+    )
+    async def completion(
+        ls: PieLanguageServer, params: types.CompletionParams
+    ) -> types.CompletionList:
+        uri, position = params.text_document.uri, params.position
+        text = await ls.complete(uri, position)
+        if not text:
+            return types.CompletionList(is_incomplete=True, items=[])
+        # Menus filter items by the word before the cursor, so the item replaces that word.
+        word = ls.word_before(uri, position)
+        start = types.Position(
+            line=position.line,
+            character=position.character - encoded_length(word, ls.position_encoding),
+        )
+        first_line = (word + text).strip().split("\n")[0].rstrip("\r")
+        label = first_line if len(first_line) <= LABEL_CHARS else first_line[:LABEL_CHARS] + "…"
+        item = types.CompletionItem(
+            label=label,
+            kind=types.CompletionItemKind.Text,
+            detail="pie-lsp",
+            documentation=types.MarkupContent(
+                kind=types.MarkupKind.Markdown, value=f"```\n{word + text}\n```"
+            ),
+            filter_text=word + text,
+            sort_text="0",
+            insert_text_format=types.InsertTextFormat.PlainText,
+            text_edit=types.TextEdit(
+                range=types.Range(start=start, end=position), new_text=word + text
+            ),
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.command(STATS_COMMAND)
+    def stats(ls: PieLanguageServer, *arguments: Any) -> dict[str, object]:
+        """Per-document statistics; the optional argument is one document's URI."""
+        uri = arguments[0] if arguments and isinstance(arguments[0], str) else None
+        return ls.stats(uri)
+
+    return server
+
+
+def _range_text(value: types.Range) -> str:
+    return f"{_position_text(value.start)}-{_position_text(value.end)}"
+
+
+def _position_text(position: types.Position) -> str:
+    return f"{position.line}:{position.character}"
+
+
+def _is_load_error(error: Exception) -> bool:
+    return type(error).__name__ == "ModelLoadError"

