@@ -219,7 +219,7 @@ for useful completions.
 |---|---|
 | architecture | Llama: 6 layers, width 256, 4 query heads over 2 key/value heads, head_dim 64, RoPE θ=10000 |
 | parameters | {result["parameters"] / 1e6:.2f} M |
-| tokenizer | byte-level BPE, 4,096 tokens, with `<|endoftext|>`, `<|fim_prefix|>`, `<|fim_suffix|>`, `<|fim_middle|>` |
+| tokenizer | byte-level BPE, 4,096 tokens, with `<\\|endoftext\\|>`, `<\\|fim_prefix\\|>`, `<\\|fim_suffix\\|>`, `<\\|fim_middle\\|>` |
 | data | the Python {".".join(map(str, __import__("sys").version_info[:3]))} standard library (PSF licence) without its test suites, plus pip's and setuptools' own code (MIT; vendored packages left out); about half the samples in FIM (prefix-suffix-middle) layout |
 | held out | {", ".join(result["held_out_modules"])} |
 | training | {training.get("steps", "?")} steps of {training.get("batch_size", "?")}×{training.get("seq_len", "?")} tokens ({training.get("tokens_seen", 0) / 1e6:.1f} M tokens), AdamW, peak lr {training.get("peak_lr", "?")}, seed {training.get("seed", "?")}, bf16 autocast on 2 CPU cores, {training.get("train_minutes", "?")} minutes |
