@@ -22,6 +22,10 @@ class InferenceWorker:
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pie-lsp-model")
         self._in_flight: dict[str, threading.Event] = {}
+        # Stop flags of the generations queued or running per document, and the most of them
+        # ever not told to stop at once: a fast typist must never pile up live generations.
+        self._queued: dict[str, set[threading.Event]] = {}
+        self.max_pending: dict[str, int] = {}
 
     def begin(self, uri: str) -> threading.Event:
         """A stop flag for a new request on `uri`; the previous request there is told to stop."""
@@ -43,6 +47,24 @@ class InferenceWorker:
     async def run(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(function, *args, **kwargs))
+
+    async def generate(
+        self,
+        uri: str,
+        flag: threading.Event,
+        function: Callable[..., T],
+        *args: object,
+        **kwargs: object,
+    ) -> T:
+        """`run` for a generation on `uri` stopped by `flag`, counted in `max_pending`."""
+        queued = self._queued.setdefault(uri, set())
+        queued.add(flag)
+        live = sum(not f.is_set() for f in queued)
+        self.max_pending[uri] = max(self.max_pending.get(uri, 0), live)
+        try:
+            return await self.run(function, *args, **kwargs)
+        finally:
+            queued.discard(flag)
 
     def submit(self, function: Callable[[], object]) -> None:
         """Run `function` on the worker without waiting for it."""

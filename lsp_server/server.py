@@ -9,6 +9,7 @@ on the engine's worker thread (see `inference.py`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Generator
@@ -306,7 +307,9 @@ class PieLanguageServer(LanguageServer):
             resolved = self.line_index(uri, snapshot.text).resolve(position)
             if resolved.inside_character:
                 log.warning("position %s splits a character in %s", _position_text(position), uri)
-            completion = await self.worker.run(
+            completion = await self.worker.generate(
+                uri,
+                flag,
                 engine.complete,
                 uri,
                 resolved.offset,
@@ -370,7 +373,10 @@ class PieLanguageServer(LanguageServer):
             except DocumentError:
                 continue
             values["version"] = snapshot.version
+            values["max_pending_generations"] = self.worker.max_pending.get(key, 0)
             values["chars"] = len(snapshot.text)
+            # Lets a client check that the mirror holds exactly its text, without sending it.
+            values["text_sha256"] = hashlib.sha256(snapshot.text.encode("utf-8")).hexdigest()
         return result
 
 
