@@ -143,6 +143,12 @@ def line_end_at(text: str, offset: int) -> int:
     return len(text) if newline < 0 else newline + 1
 
 
+# At least as many characters as one token covers (45 in the shipped tokenizer), so text longer
+# than budget * this cannot fit and is cut or skipped without being tokenized: one 10 MB line
+# otherwise costs 20 s a completion. A tokenizer with longer tokens only gets a smaller window.
+MAX_CHARS_PER_TOKEN = 64
+
+
 def _grow_left(
     text: str,
     cursor: int,
@@ -153,6 +159,11 @@ def _grow_left(
 ) -> tuple[int, int]:
     """(window start, tokens used) adding whole lines above `cursor` within `budget`."""
     edge = line_start_at(text, cursor) if start is None else start
+    reach = budget * MAX_CHARS_PER_TOKEN
+    if cursor - edge > reach:
+        return cursor - _chars_within(
+            text[cursor - reach : cursor], budget, count_tokens, from_end=True
+        ), budget
     used = count_tokens(text[edge:cursor]) if edge < cursor else 0
     if used > budget:
         # One line longer than the budget (minified code, binary junk): cut inside it.
@@ -161,6 +172,8 @@ def _grow_left(
         ), budget
     while edge > 0:
         previous = text.rfind("\n", 0, edge - 1) + 1
+        if edge - previous > (budget - used) * MAX_CHARS_PER_TOKEN:
+            break
         cost = count_tokens(text[previous:edge])
         if used + cost > budget:
             break
@@ -185,6 +198,11 @@ def _grow_right(
     used = count_tokens(text[cursor:edge]) if edge > cursor else 0
     if start_end is None:
         line_end = line_end_at(text, cursor)
+        reach = budget * MAX_CHARS_PER_TOKEN
+        if line_end - cursor > reach:
+            return cursor + _chars_within(
+                text[cursor : cursor + reach], budget, count_tokens
+            ), budget
         cost = count_tokens(text[cursor:line_end]) if line_end > cursor else 0
         if cost > budget:
             return cursor + _chars_within(text[cursor:line_end], budget, count_tokens), budget
@@ -192,6 +210,8 @@ def _grow_right(
     while edge < len(text):
         newline = text.find("\n", edge)
         following = len(text) if newline < 0 else newline + 1
+        if following - edge > (budget - used) * MAX_CHARS_PER_TOKEN:
+            break
         cost = count_tokens(text[edge:following])
         if used + cost > budget:
             break

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cache_engine.completion_settings import EDIT_STRATEGIES
+from lsp_server.framing import ResyncingInput
 from lsp_server.server import VERSION, LaunchOptions, create_server
 
 log = logging.getLogger("lsp_server")
@@ -111,7 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         server.start_tcp(arguments.host, arguments.port)
     else:
-        server.start_io()
+        server.start_io(ResyncingInput(sys.stdin.buffer))
+    # The client is gone (exit, or end of input): stop a generation still running, or the
+    # interpreter would wait for the worker thread to finish it before exiting.
+    server.worker.shutdown()
+    sys.exit(server.exit_code)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,10 @@ class PieLanguageServer(LanguageServer):
         self.engine: CompletionEngine | None = None
         self.model_state = "not loaded"
         self.worker = InferenceWorker()
+        # The LSP spec's exit code: 0 after `shutdown`, 1 for `exit` without it. pygls computes
+        # it too but raises SystemExit inside asyncio.run, which its own start_io swallows.
+        self.shutdown_requested = False
+        self.exit_code = 0
         self._line_indexes: dict[str, LineIndex] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -396,6 +400,12 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: PieLanguageServer, params: None) -> None:
+        ls.shutdown_requested = True
+        ls.worker.shutdown()
+
+    @server.feature(types.EXIT)
+    def exit_(ls: PieLanguageServer, params: None) -> None:
+        ls.exit_code = 0 if ls.shutdown_requested else 1
         ls.worker.shutdown()
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)

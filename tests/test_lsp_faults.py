@@ -1,0 +1,197 @@
+"""Wire faults over a raw subprocess: a client that vanishes, broken frames, shutdown mid-work.
+
+Exit codes follow the LSP spec: 0 after `shutdown` then `exit`, 1 for `exit` without `shutdown`,
+and 0 when the client simply closes its end (nothing went wrong on the server's side). pygls 2.1
+computes the spec's code but raises SystemExit inside asyncio.run, which its own start_io
+catches, so on its own the process always ended with 0; pie-lsp records the code itself in its
+`exit` handler and leaves with it (lsp_server/__main__.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+GUARD = 60  # seconds: a hang guard, not a latency target
+
+TEXT = "".join(f"def f_{i}(x):\n    return x + {i}\n\n" for i in range(50))
+
+
+class Server:
+    """pie-lsp spoken to in hand-written Content-Length frames."""
+
+    def __init__(self, process: asyncio.subprocess.Process, log_file: Path):
+        self.process = process
+        self.log_file = log_file
+
+    @classmethod
+    async def start(cls, model: Path, log_file: Path) -> Server:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "lsp_server",
+            "--model",
+            str(model),
+            "--log-file",
+            str(log_file),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+        )
+        return cls(process, log_file)
+
+    def write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+
+    def send(self, message: dict[str, Any]) -> None:
+        body = json.dumps({"jsonrpc": "2.0", **message}).encode()
+        self.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+    async def read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        length = 0
+        while True:
+            line = await self.process.stdout.readline()
+            if not line:
+                raise EOFError("server closed its output")
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+            if line in (b"\r\n", b"\n"):
+                break
+        return json.loads(await self.process.stdout.readexactly(length))
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        async def scan() -> dict[str, Any]:
+            while not predicate(message := await self.read()):
+                pass
+            return message
+
+        return await asyncio.wait_for(scan(), GUARD)
+
+    async def request(self, request_id: int, method: str, params: Any = None) -> dict[str, Any]:
+        self.send({"id": request_id, "method": method, "params": params})
+        return await self.wait_for(lambda m: m.get("id") == request_id)
+
+    async def stats(self, request_id: int) -> dict[str, Any]:
+        answer = await self.request(
+            request_id, "workspace/executeCommand", {"command": "pie-lsp.stats", "arguments": []}
+        )
+        return answer["result"]
+
+    async def initialize(self, max_new_tokens: int = 16) -> None:
+        options = {"pieLsp": {"debounceMs": 0, "maxNewTokens": max_new_tokens}}
+        params = {"processId": None, "rootUri": None, "capabilities": {}}
+        await self.request(1, "initialize", {**params, "initializationOptions": options})
+        self.send({"method": "initialized", "params": {}})
+        for attempt in range(GUARD * 5):
+            if (await self.stats(10_000 + attempt))["modelState"] == "ready":
+                break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("the model did not load")
+        document = {"uri": "file:///a.py", "languageId": "python", "version": 1, "text": TEXT}
+        self.send({"method": "textDocument/didOpen", "params": {"textDocument": document}})
+
+    def complete(self, request_id: int) -> None:
+        position = {"line": 3, "character": 0}
+        params = {"textDocument": {"uri": "file:///a.py"}, "position": position}
+        self.send(
+            {
+                "id": request_id,
+                "method": "textDocument/inlineCompletion",
+                "params": {**params, "context": {"triggerKind": 2}},
+            }
+        )
+
+    async def exit_code(self) -> int:
+        """The process's exit code; the guard fails the test (and kills it) if it hangs."""
+        try:
+            return await asyncio.wait_for(self.process.wait(), GUARD)
+        except TimeoutError:
+            pytest.fail("pie-lsp did not exit by itself")
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@pytest.mark.asyncio
+async def test_client_disconnects_mid_request(tiny_model_dir: Path, tmp_path: Path) -> None:
+    server = await Server.start(tiny_model_dir, tmp_path / "server.log")
+    try:
+        await server.initialize(max_new_tokens=2000)
+        server.complete(2)
+        await asyncio.sleep(0.2)  # let the generation start on the worker thread
+        assert server.process.stdin is not None
+        server.process.stdin.close()
+        # The worker thread is told to stop: the interpreter must not wait out 2000 tokens.
+        assert await server.exit_code() == 0
+    finally:
+        await server.kill()
+
+
+@pytest.mark.asyncio
+async def test_broken_frames_are_logged_and_serving_goes_on(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    server = await Server.start(tiny_model_dir, tmp_path / "server.log")
+    try:
+        await server.initialize()
+        # A header that is not a number: the body that follows cannot be framed. Without
+        # resynchronising, every later header would be glued to the body before it.
+        server.write(b'Content-Length: abc\r\n\r\n{"jsonrpc": "2.0", "id": 7}')
+        assert (await server.stats(2))["modelState"] == "ready"
+        # Valid JSON that is not an object, then a too-short length cutting a frame in two.
+        for body in (b"[1, 2, 3]", b"42", b'"text"', b"null"):
+            server.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        server.write(b'Content-Length: 5\r\n\r\n{"jsonrpc": "2.0", "id": 8, "method": "x"}')
+        assert (await server.stats(3))["modelState"] == "ready"
+        server.complete(4)
+        answer = await server.wait_for(lambda m: m.get("id") == 4)
+        assert isinstance(answer["result"], list)
+        assert (await server.request(5, "shutdown"))["result"] is None
+        server.send({"method": "exit"})
+        assert await server.exit_code() == 0
+        log = server.log_file.read_text()
+        assert "malformed LSP header ignored: b'Content-Length: abc" in log
+        assert "malformed LSP framing" in log
+        assert log.count("Unable to handle message") >= 5  # 4 non-objects and the cut frame
+    finally:
+        await server.kill()
+
+
+@pytest.mark.asyncio
+async def test_shutdown_during_generation_then_exit(tiny_model_dir: Path, tmp_path: Path) -> None:
+    server = await Server.start(tiny_model_dir, tmp_path / "server.log")
+    try:
+        await server.initialize(max_new_tokens=2000)
+        server.complete(2)
+        await asyncio.sleep(0.2)
+        assert (await server.request(3, "shutdown"))["result"] is None
+        server.send({"method": "exit"})
+        assert await server.exit_code() == 0
+    finally:
+        await server.kill()
+
+
+@pytest.mark.asyncio
+async def test_exit_without_shutdown_is_code_1(tiny_model_dir: Path, tmp_path: Path) -> None:
+    server = await Server.start(tiny_model_dir, tmp_path / "server.log")
+    try:
+        await server.initialize()
+        server.send({"method": "exit"})
+        assert await server.exit_code() == 1
+    finally:
+        await server.kill()
