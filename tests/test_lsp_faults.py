@@ -34,7 +34,16 @@ class Server:
         self.log_file = log_file
 
     @classmethod
-    async def start(cls, model: Path, log_file: Path) -> Server:
+    async def start(
+        cls,
+        model: Path,
+        log_file: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Server:
+        if env is None:
+            env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -46,7 +55,8 @@ class Server:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+            env=env,
+            cwd=cwd,
         )
         return cls(process, log_file)
 

@@ -7,9 +7,7 @@ inline completion, close, shutdown, exit.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 import textwrap
 from pathlib import Path
 
@@ -65,24 +63,6 @@ SITECUSTOMIZE = textwrap.dedent(
 )
 
 
-async def start(model: Path, log_file: Path, env: dict[str, str], cwd: Path | None) -> Server:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lsp_server",
-        "--model",
-        str(model),
-        "--log-file",
-        str(log_file),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-        cwd=cwd,
-    )
-    return Server(process, log_file)
-
-
 async def session(server: Server) -> None:
     """initialize, model ready, open a.py, one inline completion, close, shutdown, exit."""
     await server.initialize()
@@ -113,7 +93,7 @@ async def test_no_network_connection(tiny_model_dir: Path, tmp_path: Path) -> No
         "PIE_LSP_TEST_NET_RECORD": str(record),
         "PIE_LSP_TEST_NET_MARKER": str(marker),
     }
-    server = await start(tiny_model_dir, tmp_path / "server.log", env, cwd=None)
+    server = await Server.start(tiny_model_dir, tmp_path / "server.log", env=env)
     try:
         await session(server)
     finally:
@@ -138,7 +118,7 @@ async def test_writes_nothing_but_its_log(tiny_model_dir: Path, tmp_path: Path) 
         "HF_HOME": str(home),
     }
     log_file = home / "server.log"
-    server = await start(tiny_model_dir, log_file, env, cwd=home)
+    server = await Server.start(tiny_model_dir, log_file, env=env, cwd=home)
     try:
         await session(server)
     finally:
