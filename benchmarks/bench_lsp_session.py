@@ -29,6 +29,7 @@ from transformers import AutoTokenizer
 
 from cache_engine.model_loading import DEFAULT_MODEL_DIR
 from cache_engine.training_corpus import collect_sources
+from tests.lsp_session import change, inline
 
 RESULTS = Path(__file__).parent / "results" / "lsp_session.json"
 REPO = Path(__file__).resolve().parent.parent
@@ -80,36 +81,8 @@ async def command_stats(client: LanguageClient) -> dict[str, Any]:
     )
 
 
-def change(
-    client: LanguageClient, version: int, line: int, start: int, end: int, text: str
-) -> None:
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(
-                        start=types.Position(line=line, character=start),
-                        end=types.Position(line=line, character=end),
-                    ),
-                    text=text,
-                )
-            ],
-        )
-    )
-
-
 async def complete(client: LanguageClient, line: int, character: int) -> str:
-    result = await client.text_document_inline_completion_async(
-        types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=URI),
-            position=types.Position(line=line, character=character),
-            context=types.InlineCompletionContext(
-                trigger_kind=types.InlineCompletionTriggerKind.Automatic
-            ),
-        )
-    )
-    items = (result.items if isinstance(result, types.InlineCompletionList) else result) or []
+    items = await inline(client, URI, line, character)
     return items[0].insert_text if items else ""
 
 
@@ -133,7 +106,7 @@ async def run_session(
         for column, char in enumerate(TYPED):
             version += 1
             started = time.perf_counter()
-            change(client, version, cursor_line, column, column, char)
+            change(client, URI, version, (cursor_line, column), (cursor_line, column), char)
             ghost = await complete(client, cursor_line, column + 1)
             typing.append(time.perf_counter() - started)
             if demo:
@@ -145,24 +118,10 @@ async def run_session(
             version += 1
             started = time.perf_counter()
             if i % 2 == 0:
-                change(client, version, far_line, 0, 0, "# edited far above the cursor\n")
+                inserted = "# edited far above the cursor\n"
+                change(client, URI, version, (far_line, 0), (far_line, 0), inserted)
             else:
-                client.text_document_did_change(
-                    types.DidChangeTextDocumentParams(
-                        text_document=types.VersionedTextDocumentIdentifier(
-                            uri=URI, version=version
-                        ),
-                        content_changes=[
-                            types.TextDocumentContentChangePartial(
-                                range=types.Range(
-                                    start=types.Position(line=far_line, character=0),
-                                    end=types.Position(line=far_line + 1, character=0),
-                                ),
-                                text="",
-                            )
-                        ],
-                    )
-                )
+                change(client, URI, version, (far_line, 0), (far_line + 1, 0), "")
             ghost = await complete(client, cursor_line, len(TYPED))
             after_far.append(time.perf_counter() - started)
             document = (await command_stats(client))["documents"][URI]
