@@ -154,6 +154,7 @@ class EditableCache:
         # `conflict` does not, which is what makes it the broken baseline.
         self._positions = torch.zeros(first, dtype=torch.long)
         self._next_logits: torch.Tensor | None = None
+        self._last_forward_logits: torch.Tensor | None = None
         self.last_edit: EditStats | None = None
         self.total_encoded = 0
         self.total_reused = 0
