@@ -67,6 +67,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="(default: %(default)s)",
     )
+    parser.add_argument(
+        "--stdio",
+        action="store_true",
+        help="serve over stdin/stdout, the default; accepted because clients such as "
+        "vscode-languageclient append it",
+    )
     parser.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio")
     parser.add_argument("--host", default="127.0.0.1", help="TCP host (default: %(default)s)")
     parser.add_argument("--port", type=int, default=2087, help="TCP port (default: %(default)s)")
@@ -85,6 +91,8 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
+    if arguments.stdio and arguments.tcp:
+        sys.exit("pie-lsp: --stdio and --tcp exclude each other; pass one of them")
     level = getattr(logging, arguments.log_level)
     # stdout carries the protocol: the log goes to a file or stderr, never stdout.
     destination = {"filename": arguments.log_file} if arguments.log_file else {"stream": sys.stderr}

@@ -27,6 +27,7 @@ from lsp_server.client_log import ClientLogHandler
 from lsp_server.inference import InferenceWorker
 from lsp_server.positions import LineIndex, PositionError, encoded_length
 from lsp_server.settings import ServerSettings
+from lsp_server.wire_types import pie_converter
 
 if TYPE_CHECKING:
     from cache_engine.completion import CompletionEngine
@@ -87,6 +88,7 @@ class PieLanguageServer(LanguageServer):
             "pie-lsp",
             VERSION,
             protocol_cls=PieProtocol,
+            converter_factory=pie_converter,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
         )
         self.options = options or LaunchOptions()

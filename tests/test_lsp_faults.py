@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ class Server:
         *,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        arguments: tuple[str, ...] = (),
     ) -> Server:
         if env is None:
             env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -52,6 +54,7 @@ class Server:
             str(model),
             "--log-file",
             str(log_file),
+            *arguments,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
@@ -113,14 +116,14 @@ class Server:
         document = {"uri": "file:///a.py", "languageId": "python", "version": 1, "text": TEXT}
         self.send({"method": "textDocument/didOpen", "params": {"textDocument": document}})
 
-    def complete(self, request_id: int) -> None:
+    def complete(self, request_id: int, context: dict[str, Any] | None = None) -> None:
         position = {"line": 3, "character": 0}
         params = {"textDocument": {"uri": "file:///a.py"}, "position": position}
         self.send(
             {
                 "id": request_id,
                 "method": "textDocument/inlineCompletion",
-                "params": {**params, "context": {"triggerKind": 2}},
+                "params": {**params, "context": context or {"triggerKind": 2}},
             }
         )
 
@@ -205,3 +208,36 @@ async def test_exit_without_shutdown_is_code_1(tiny_model_dir: Path, tmp_path: P
         assert await server.exit_code() == 1
     finally:
         await server.kill()
+
+
+@pytest.mark.asyncio
+async def test_vscode_launch_flag_and_array_range(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """vscode-languageclient appends --stdio, and version 9 sends selectedCompletionInfo's
+    range as a JSON array: both must still give an answer, not a crash or Invalid Params."""
+    server = await Server.start(tiny_model_dir, tmp_path / "server.log", arguments=("--stdio",))
+    try:
+        await server.initialize()
+        start, end = {"line": 3, "character": 0}, {"line": 3, "character": 0}
+        for request_id, selected_range in ((2, [start, end]), (3, {"start": start, "end": end})):
+            selected = {"range": selected_range, "text": ""}
+            server.complete(request_id, {"triggerKind": 2, "selectedCompletionInfo": selected})
+            answer = await server.wait_for(lambda m, i=request_id: m.get("id") == i)
+            assert "error" not in answer, answer
+            assert isinstance(answer["result"], list)
+        assert (await server.request(4, "shutdown"))["result"] is None
+        server.send({"method": "exit"})
+        assert await server.exit_code() == 0
+    finally:
+        await server.kill()
+
+
+def test_stdio_and_tcp_exclude_each_other() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "lsp_server", "--stdio", "--tcp"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert "--stdio and --tcp" in completed.stderr
