@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from cache_engine.editable_cache import EditableCache
-from cache_engine.model_loading import load_model
-from cache_engine.token_edits import TokenEdit
-from cache_engine.training_corpus import collect_sources
+from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.kv.token_edits import TokenEdit
+from cache_engine.model.corpus import collect_sources
+from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "edit_latency.json"
 

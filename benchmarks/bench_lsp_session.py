@@ -27,8 +27,8 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 from transformers import AutoTokenizer
 
-from cache_engine.model_loading import DEFAULT_MODEL_DIR
-from cache_engine.training_corpus import collect_sources
+from cache_engine.model.corpus import collect_sources
+from cache_engine.model.loading import DEFAULT_MODEL_DIR
 from tests.lsp_session import change, inline
 
 RESULTS = Path(__file__).parent / "results" / "lsp_session.json"

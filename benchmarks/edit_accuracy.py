@@ -65,11 +65,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cache_engine.editable_cache import STRATEGIES, EditableCache
-from cache_engine.model_loading import DEFAULT_MODEL_NAME, LoadedModel, load_model
-from cache_engine.text_edits import IncrementalTokenizer, TextEditPlan
-from cache_engine.token_edits import TokenEdit
-from cache_engine.training_corpus import collect_sources
+from cache_engine.kv.editable_cache import STRATEGIES, EditableCache
+from cache_engine.kv.token_edits import TokenEdit
+from cache_engine.model.corpus import collect_sources
+from cache_engine.model.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model
+from cache_engine.text.incremental_tokenizer import IncrementalTokenizer, TextEditPlan
 
 RESULTS_DIR = Path(__file__).parent / "results"
 KINDS = ("insertion", "deletion", "multi")

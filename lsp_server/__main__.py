@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cache_engine.completion_settings import EDIT_STRATEGIES
+from cache_engine.completion.settings import EDIT_STRATEGIES
 from lsp_server.framing import ResyncingInput
 from lsp_server.server import VERSION, LaunchOptions, create_server
 

@@ -21,8 +21,9 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
-from cache_engine.completion_settings import CompletionSettings, SettingsError
-from cache_engine.documents import DocumentError, DocumentStore, TextChange
+from cache_engine.completion.documents import DocumentStore
+from cache_engine.completion.settings import CompletionSettings, SettingsError
+from cache_engine.text.text_change import DocumentError, TextChange
 from lsp_server.client_log import ClientLogHandler
 from lsp_server.inference import InferenceWorker
 from lsp_server.positions import LineIndex, PositionError, encoded_length
@@ -30,7 +31,7 @@ from lsp_server.settings import ServerSettings
 from lsp_server.wire_types import pie_converter
 
 if TYPE_CHECKING:
-    from cache_engine.completion import CompletionEngine
+    from cache_engine.completion.engine import CompletionEngine
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +254,8 @@ class PieLanguageServer(LanguageServer):
 
     def _build_engine(self) -> CompletionEngine:
         # Imported here: torch and transformers take seconds, and `initialize` must not wait.
-        from cache_engine.completion import CompletionEngine
-        from cache_engine.model_loading import load_model
+        from cache_engine.completion.engine import CompletionEngine
+        from cache_engine.model.loading import load_model
 
         options = self.options
         loaded = load_model(

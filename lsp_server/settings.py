@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from cache_engine.completion_settings import MIB, CompletionSettings, SettingsError
+from cache_engine.completion.settings import MIB, CompletionSettings, SettingsError
 
 SECTIONS = ("pieLsp", "pie-lsp", "pie_lsp")
 

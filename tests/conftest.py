@@ -11,7 +11,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-    from cache_engine.model_loading import LoadedModel
+    from cache_engine.model.loading import LoadedModel
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO / "cache_engine" / "default_model"
@@ -56,7 +56,7 @@ def random_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
 @pytest.fixture(scope="session")
 def loaded_random_model(default_tokenizer: PreTrainedTokenizerBase) -> LoadedModel:
     """A LoadedModel with the shipped tokenizer (FIM tokens included) and random weights."""
-    from cache_engine.model_loading import LoadedModel, find_fim_tokens
+    from cache_engine.model.loading import LoadedModel, find_fim_tokens
 
     return LoadedModel(
         model=random_llama(len(default_tokenizer)),

@@ -1,0 +1,1 @@
+"""Completion: open documents, prompt layout, decoding and stop rules, over the KV cache."""

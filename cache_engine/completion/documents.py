@@ -1,0 +1,153 @@
+"""Open documents: the text mirror and the state that follows it through edits.
+
+The mirror is updated on every change as soon as it arrives; the model's cache catches up later
+(see `completion.py`). Changes arrive on the server's event loop while completions run in a
+worker thread, so the store hands out immutable snapshots under a lock.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from cache_engine.completion.prompt_layout import ContextWindow
+from cache_engine.text.text_change import DocumentError, TextChange
+
+# JSON can carry lone UTF-16 surrogates, which no UTF-8 encoder accepts. Replacing each with
+# U+FFFD keeps every offset where the client put it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+@dataclass(frozen=True)
+class ForwardTyping:
+    """The last completion shown at `anchor`, and what the user has typed there since."""
+
+    anchor: int
+    suggestion: str
+    typed: str = ""
+
+    def follow(self, change: TextChange) -> ForwardTyping | None:
+        """The state after `change`, or None once the user does anything but type or backspace
+        at the end of what they typed."""
+        cursor = self.anchor + len(self.typed)
+        if change.start == change.end == cursor:
+            return replace(self, typed=self.typed + change.text)
+        if not change.text and change.end == cursor and change.start >= self.anchor:
+            return replace(self, typed=self.typed[: change.start - self.anchor])
+        return None
+
+    def remainder_at(self, cursor: int) -> str | None:
+        """The rest of the suggestion when the typed text is a strict prefix of it."""
+        if cursor != self.anchor + len(self.typed) or not self.typed:
+            return None
+        if len(self.typed) < len(self.suggestion) and self.suggestion.startswith(self.typed):
+            return self.suggestion[len(self.typed) :]
+        return None
+
+
+@dataclass(frozen=True)
+class DocumentSnapshot:
+    uri: str
+    text: str
+    version: int
+    language_id: str
+    window: ContextWindow | None
+    forward_typing: ForwardTyping | None
+
+
+@dataclass
+class _Document:
+    text: str
+    version: int
+    language_id: str
+    window: ContextWindow | None = None
+    forward_typing: ForwardTyping | None = None
+
+    def snapshot(self, uri: str) -> DocumentSnapshot:
+        return DocumentSnapshot(
+            uri, self.text, self.version, self.language_id, self.window, self.forward_typing
+        )
+
+
+class DocumentStore:
+    """Thread-safe mirror of the open documents."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._documents: dict[str, _Document] = {}
+
+    def open(self, uri: str, text: str, version: int, language_id: str) -> None:
+        with self._lock:
+            self._documents[uri] = _Document(_encodable(text), version, language_id)
+
+    def close(self, uri: str) -> None:
+        with self._lock:
+            if self._documents.pop(uri, None) is None:
+                raise DocumentError(f"document {uri!r} is not open")
+
+    def change(self, uri: str, version: int, changes: Sequence[TextChange]) -> str:
+        """Apply changes in order (each against the text the previous one left); returns the
+        new text. A change that does not fit leaves the document as it was."""
+        with self._lock:
+            document = self._get(uri)
+            text, window, forward = document.text, document.window, document.forward_typing
+            for change in changes:
+                change.check(len(text))
+                if not change.text.isascii():
+                    change = replace(change, text=_encodable(change.text))
+                text = change.apply(text)
+                if window is not None:
+                    window = window.follow(change, text)
+                if forward is not None:
+                    forward = forward.follow(change)
+            document.text, document.window, document.forward_typing = text, window, forward
+            document.version = version
+            return text
+
+    def snapshot(self, uri: str) -> DocumentSnapshot:
+        with self._lock:
+            return self._get(uri).snapshot(uri)
+
+    def set_window(self, uri: str, version: int, window: ContextWindow) -> None:
+        """Remember the window chosen for `version`; dropped if the text has moved on since,
+        because the window was not carried through the newer changes."""
+        with self._lock:
+            document = self._documents.get(uri)
+            if document is not None and document.version == version:
+                document.window = window
+
+    def forget_windows(self) -> None:
+        """Make every document choose its window afresh (the budget changed)."""
+        with self._lock:
+            for document in self._documents.values():
+                document.window = None
+
+    def set_forward_typing(self, uri: str, version: int, state: ForwardTyping | None) -> None:
+        with self._lock:
+            document = self._documents.get(uri)
+            if document is not None and document.version == version:
+                document.forward_typing = state
+
+    def __contains__(self, uri: object) -> bool:
+        with self._lock:
+            return uri in self._documents
+
+    def uris(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._documents))
+
+    def _get(self, uri: str) -> _Document:
+        document = self._documents.get(uri)
+        if document is None:
+            raise DocumentError(f"document {uri!r} is not open")
+        return document

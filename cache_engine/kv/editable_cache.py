@@ -1,0 +1,495 @@
+"""A document's KV cache that follows edits: Positional Integrity Encoding (arXiv 2407.03157).
+
+An edit replaces cached tokens [i, j) with m new tokens, Δ = m − (j − i). Under `pie` the prefix
+stays, the m new tokens are encoded at positions i..i+m−1 against the prefix, and the suffix is
+moved Δ slots with its keys re-rotated by R(Δ) in one fused pass (`kernels.shift_rotate_suffix`).
+The suffix's content is stale (it never saw the new tokens), which the paper finds costs little
+on code; the token whose logits predict the next one is re-fed, since its hidden state is stale.
+
+Storage is one preallocated buffer for all layers, [layers, kv_heads, capacity, head_dim], whose
+capacity grows geometrically. The model's own forward pass reads and writes it through
+`SlabCache`, a transformers `Cache` whose layers are views into the buffer: a forward writes its
+new keys at the slot the engine chooses, which is how new tokens land in the middle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+import kernels
+from cache_engine.kv.rotary import RotarySpec, rotary_spec
+from cache_engine.kv.token_edits import TokenEdit, apply_to_ids, validate_edits
+
+Strategy = Literal["full", "prefix", "pie", "conflict"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+# Long prefills run in chunks so the attention scores of one chunk bound peak memory.
+PREFILL_CHUNK = 2048
+
+
+@dataclass
+class EditStats:
+    """The cost of one cache operation."""
+
+    strategy: str
+    tokens_encoded: int  # tokens run through the model
+    tokens_reused: int  # cached tokens kept without running the model (prefix + moved suffix)
+    tokens_moved: int  # suffix tokens shifted (and, under pie, re-rotated)
+    seconds: float
+
+
+class _Slab:
+    """The shared K/V buffers and the slot where the next forward pass writes."""
+
+    # Buffers must be ordinary tensors even when made during generation (inference mode): the
+    # kernels update them in place outside it.
+    @torch.inference_mode(False)
+    def __init__(self, spec: RotarySpec, capacity: int, dtype: torch.dtype, device: torch.device):
+        shape = (spec.num_layers, spec.num_kv_heads, capacity, spec.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.write_at = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    @torch.inference_mode(False)
+    def grow(self, capacity: int, keep: int) -> None:
+        keys = self.keys.new_zeros((*self.keys.shape[:2], capacity, self.keys.shape[3]))
+        values = torch.zeros_like(keys)
+        keys[:, :, :keep].copy_(self.keys[:, :, :keep])
+        values[:, :, :keep].copy_(self.values[:, :, :keep])
+        self.keys, self.values = keys, values
+
+
+class _SlabLayer(CacheLayerMixin):
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, slab: _Slab, layer_idx: int):
+        super().__init__()
+        self._slab = slab
+        self._layer_idx = layer_idx
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self._slab.write_at
+        stop = start + key_states.shape[-2]
+        keys = self._slab.keys[self._layer_idx]
+        values = self._slab.values[self._layer_idx]
+        keys[:, start:stop].copy_(key_states[0])
+        values[:, start:stop].copy_(value_states[0])
+        return keys[None, :, :stop], values[None, :, :stop]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._slab.write_at + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self._slab.write_at
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class SlabCache(Cache):
+    """A transformers Cache over the slab: each forward writes at `slab.write_at`."""
+
+    def __init__(self, slab: _Slab, num_layers: int):
+        super().__init__(layers=[_SlabLayer(slab, i) for i in range(num_layers)])
+
+
+class EditableCache:
+    """The KV cache of one token sequence, edited in place under a chosen strategy.
+
+    Strategies: `full` re-encodes everything (the reference); `prefix` keeps the longest
+    unchanged prefix and re-encodes the rest (exact); `pie` encodes only new tokens and moves and
+    re-rotates the suffix; `conflict` splices new tokens in with no position fix (the paper's
+    broken baseline, for evaluation only).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        strategy: Strategy = "pie",
+        initial_capacity: int = 256,
+        max_capacity: int | None = None,
+    ):
+        _check_strategy(strategy)
+        self.model = model
+        self.spec = rotary_spec(model)
+        self.strategy: Strategy = strategy
+        window = self.spec.attention_window
+        if max_capacity is None:
+            max_capacity = window
+        elif window is not None:
+            max_capacity = min(max_capacity, window)
+        if max_capacity is not None and max_capacity < 1:
+            raise ValueError(f"max_capacity must be at least 1, got {max_capacity}")
+        self.max_capacity = max_capacity
+        first = max(16, initial_capacity)
+        if max_capacity is not None:
+            first = min(first, max_capacity)
+        parameter = next(model.parameters())
+        self.device = parameter.device
+        self.dtype = parameter.dtype
+        self._slab = _Slab(self.spec, first, self.dtype, self.device)
+        self._hf_cache = SlabCache(self._slab, self.spec.num_layers)
+        self._inv_freq = self.spec.inv_freq.to(self.device)
+        self._ids: list[int] = []
+        # The RoPE position each slot's key carries. `pie`, `prefix` and `full` keep it 0..n−1;
+        # `conflict` does not, which is what makes it the broken baseline.
+        self._positions = torch.zeros(first, dtype=torch.long)
+        self._next_logits: torch.Tensor | None = None
+        self._last_forward_logits: torch.Tensor | None = None
+        self.last_edit: EditStats | None = None
+        self.total_encoded = 0
+        self.total_reused = 0
+
+    # ---- reading -------------------------------------------------------------------------
+
+    @property
+    def token_ids(self) -> list[int]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def capacity(self) -> int:
+        return self._slab.capacity
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self._positions[: len(self._ids)].clone()
+
+    def nbytes(self) -> int:
+        return self._slab.keys.nbytes + self._slab.values.nbytes
+
+    def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached keys and values of one layer, [kv_heads, n, head_dim] (copies)."""
+        n = len(self._ids)
+        return self._slab.keys[layer, :, :n].clone(), self._slab.values[layer, :, :n].clone()
+
+    # ---- whole-sequence operations -------------------------------------------------------
+
+    def reset(self, ids: Sequence[int]) -> EditStats:
+        """Encode `ids` from scratch, replacing whatever was cached."""
+        new_ids = self._checked_ids(ids, "reset ids")
+        started = time.perf_counter()
+        self._ensure_capacity(len(new_ids))
+        self._ids = []
+        self._next_logits = None
+        self._encode_at(0, new_ids)
+        return self._record("full", len(new_ids), 0, 0, started)
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= len(self._ids):
+            raise ValueError(f"truncate length {length} is out of range 0..{len(self._ids)}")
+        if length < len(self._ids):
+            self._ids = self._ids[:length]
+            self._next_logits = None
+
+    @torch.inference_mode(False)
+    def clone(self, *, strategy: Strategy | None = None) -> EditableCache:
+        """An independent copy, to try several strategies on one encoded sequence."""
+        twin = EditableCache.__new__(EditableCache)
+        twin.__dict__.update(self.__dict__)
+        twin.strategy = self.strategy if strategy is None else strategy
+        _check_strategy(twin.strategy)
+        twin._slab = _Slab.__new__(_Slab)
+        twin._slab.keys = self._slab.keys.clone()
+        twin._slab.values = self._slab.values.clone()
+        twin._slab.write_at = 0
+        twin._hf_cache = SlabCache(twin._slab, self.spec.num_layers)
+        twin._ids = list(self._ids)
+        twin._positions = self._positions.clone()
+        return twin
+
+    @torch.inference_mode(False)
+    def release(self) -> None:
+        """Free the buffers; the cache is empty and usable afterwards."""
+        self._ids = []
+        self._next_logits = None
+        self._slab.keys = self._slab.keys.new_zeros(
+            (*self._slab.keys.shape[:2], 16, self.spec.head_dim)
+        )
+        self._slab.values = torch.zeros_like(self._slab.keys)
+        self._positions = torch.zeros(16, dtype=torch.long)
+
+    # ---- edits ---------------------------------------------------------------------------
+
+    def insert(
+        self, index: int, ids: Sequence[int], *, strategy: Strategy | None = None
+    ) -> EditStats:
+        new_ids = self._checked_ids(ids, "inserted ids")
+        return self.apply_edits([TokenEdit.insert(index, new_ids)], strategy=strategy)
+
+    def delete(self, start: int, end: int, *, strategy: Strategy | None = None) -> EditStats:
+        return self.apply_edits([TokenEdit.delete(start, end)], strategy=strategy)
+
+    def replace(
+        self, start: int, end: int, ids: Sequence[int], *, strategy: Strategy | None = None
+    ) -> EditStats:
+        new_ids = self._checked_ids(ids, "replacement ids")
+        return self.apply_edits([TokenEdit.replace(start, end, new_ids)], strategy=strategy)
+
+    def apply_edits(
+        self, edits: Sequence[TokenEdit], *, strategy: Strategy | None = None
+    ) -> EditStats:
+        """Apply a batch of non-overlapping edits, indexed against the current sequence."""
+        chosen = self.strategy if strategy is None else strategy
+        _check_strategy(chosen)
+        ordered = validate_edits(edits, len(self._ids))
+        for edit in ordered:
+            self._checked_ids(edit.new_ids, f"ids of {edit}")
+        new_ids = apply_to_ids(self._ids, ordered)
+        self._check_capacity(len(new_ids))
+        ordered = [e for e in ordered if e.new_ids != tuple(self._ids[e.start : e.end])]
+        started = time.perf_counter()
+        if not ordered:
+            return self._record(chosen, 0, len(self._ids), 0, started)
+        self._ensure_capacity(max(len(new_ids), len(self._ids)))
+        if chosen == "full":
+            self._ids = []
+            self._next_logits = None
+            self._encode_at(0, new_ids)
+            return self._record(chosen, len(new_ids), 0, 0, started)
+        if chosen == "prefix":
+            keep = ordered[0].start
+            self._ids = self._ids[:keep]
+            self._next_logits = None
+            self._encode_at(keep, new_ids[keep:])
+            return self._record(chosen, len(new_ids) - keep, keep, 0, started)
+        return self._splice(
+            ordered, new_ids, rotate=chosen == "pie", strategy=chosen, started=started
+        )
+
+    def _splice(
+        self,
+        ordered: list[TokenEdit],
+        new_ids: list[int],
+        *,
+        rotate: bool,
+        strategy: str,
+        started: float,
+    ) -> EditStats:
+        old_len = len(self._ids)
+        # Segment k is the run of old tokens between edit k−1 and edit k; it moves by the net
+        # shift of the edits before it, so each token is rotated once by its net Δ.
+        segments: list[tuple[int, int, int]] = []  # (start, end, shift)
+        shift = 0
+        for k, edit in enumerate(ordered):
+            shift += edit.delta
+            seg_start = edit.end
+            seg_end = ordered[k + 1].start if k + 1 < len(ordered) else old_len
+            if seg_end > seg_start and shift != 0:
+                segments.append((seg_start, seg_end, shift))
+        # Left moves go left to right and right moves right to left, so no segment overwrites
+        # another's source before that one has moved.
+        lefts = [s for s in segments if s[2] < 0]
+        rights = [s for s in reversed(segments) if s[2] > 0]
+        moved = 0
+        for seg_start, seg_end, seg_shift in lefts + rights:
+            self._move(seg_start, seg_end, seg_shift, rotate)
+            moved += seg_end - seg_start
+        self._ids = new_ids
+        self._next_logits = None
+        encoded = 0
+        offset = 0
+        for edit in ordered:
+            if edit.new_ids:
+                # New tokens see everything before them in the edited sequence, nothing after.
+                self._forward(list(edit.new_ids), edit.start + offset, keep_logits=False)
+                encoded += len(edit.new_ids)
+            offset += edit.delta
+        last = ordered[-1]
+        if last.end == old_len and last.new_ids:
+            # The edit reached the end, so its forward already produced exact next-token logits.
+            self._next_logits = self._last_forward_logits
+        reused = len(new_ids) - encoded
+        return self._record(strategy, encoded, reused, moved, started)
+
+    def _move(self, start: int, end: int, shift: int, rotate: bool) -> None:
+        slab = self._slab
+        if rotate:
+            kernels.shift_rotate_suffix(
+                slab.keys,
+                slab.values,
+                start,
+                end,
+                shift,
+                self._inv_freq,
+                rotary_dim=self.spec.rotary_dim,
+                interleaved=self.spec.interleaved,
+            )
+            self._positions[start + shift : end + shift] = (
+                self._positions[start:end].clone() + shift
+            )
+        else:
+            kernels.copy_suffix(slab.keys, slab.values, start, end, shift)
+            self._positions[start + shift : end + shift] = self._positions[start:end].clone()
+
+    # ---- model passes --------------------------------------------------------------------
+
+    def append(self, ids: Sequence[int]) -> torch.Tensor:
+        """Encode `ids` after the cached tokens and keep them; returns fp32 logits [len(ids), vocab]."""
+        new_ids = self._checked_ids(ids, "appended ids")
+        if not new_ids:
+            raise ValueError("append needs at least one token id")
+        self._check_capacity(len(self._ids) + len(new_ids))
+        self._ensure_capacity(len(self._ids) + len(new_ids))
+        started = time.perf_counter()
+        logits = self._forward(new_ids, len(self._ids), keep_logits=True, all_logits=True)
+        self._ids.extend(new_ids)
+        self._next_logits = logits[-1]
+        self._record("append", len(new_ids), len(self._ids) - len(new_ids), 0, started)
+        return logits
+
+    def next_token_logits(self) -> torch.Tensor:
+        """fp32 logits for the token after the cached ones, re-feeding the last token if stale."""
+        if not self._ids:
+            raise ValueError("the cache is empty: there is no token to predict from")
+        if self._next_logits is None:
+            n = len(self._ids)
+            # Re-encoding the last token also refreshes its own keys and values.
+            last = self._ids[-1]
+            self._ids = self._ids[:-1]
+            self._forward([last], n - 1, keep_logits=True)
+            self._ids.append(last)
+            self._next_logits = self._last_forward_logits
+        return self._next_logits
+
+    def score(self, ids: Sequence[int]) -> torch.Tensor:
+        """fp32 logits for `ids` continuing the cache, without keeping them: [len(ids), vocab]."""
+        new_ids = self._checked_ids(ids, "scored ids")
+        if not new_ids:
+            raise ValueError("score needs at least one token id")
+        base = len(self._ids)
+        self._check_capacity(base + len(new_ids))
+        self._ensure_capacity(base + len(new_ids))
+        return self._forward(new_ids, base, keep_logits=False, all_logits=True)
+
+    @torch.inference_mode()
+    def generate(self, max_new_tokens: int, on_token: Callable[[int], bool]) -> list[int]:
+        """Greedy decoding from the cache; generated tokens are dropped from it afterwards.
+
+        `on_token` sees each new id and returns False to stop (a stop rule or a cancellation).
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        generated: list[int] = []
+        if max_new_tokens == 0:
+            return generated
+        logits = self.next_token_logits()
+        base = len(self._ids)
+        limit = max_new_tokens
+        if self.max_capacity is not None:
+            limit = min(limit, self.max_capacity - base + 1)
+        while len(generated) < limit:
+            token = int(torch.argmax(logits))
+            generated.append(token)
+            if not on_token(token) or len(generated) >= limit:
+                break
+            slot = base + len(generated) - 1
+            self._ensure_capacity(slot + 1, keep=slot)
+            logits = self._forward([token], slot, keep_logits=False)[-1]
+        return generated
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _encode_at(self, slot: int, ids: list[int]) -> None:
+        """Encode ids at slots slot.. and keep them, in prefill chunks."""
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start : start + PREFILL_CHUNK]
+            self._forward(chunk, slot + start, keep_logits=False)
+            self._ids = self._ids[: slot + start] + chunk
+        if ids:
+            self._next_logits = self._last_forward_logits
+
+    @torch.inference_mode()
+    def _forward(
+        self, ids: list[int], slot: int, *, keep_logits: bool, all_logits: bool = False
+    ) -> torch.Tensor:
+        """Run ids at positions slot.. writing K/V at those slots; returns fp32 logits."""
+        self._slab.write_at = slot
+        positions = torch.arange(slot, slot + len(ids), device=self.device)
+        try:
+            output = self.model(
+                input_ids=torch.tensor([ids], device=self.device),
+                position_ids=positions[None],
+                past_key_values=self._hf_cache,
+                use_cache=True,
+                logits_to_keep=0 if all_logits else 1,
+            )
+        finally:
+            self._slab.write_at = 0
+        self._positions[slot : slot + len(ids)] = positions.cpu()
+        logits = output.logits[0].float()
+        self._last_forward_logits = logits[-1]
+        return logits
+
+    def _checked_ids(self, ids: Sequence[int] | torch.Tensor, what: str) -> list[int]:
+        if isinstance(ids, torch.Tensor):
+            if ids.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"{what} must be an integer tensor, got dtype {ids.dtype}")
+            if ids.device != self.device and ids.device.type != "cpu":
+                raise ValueError(f"{what} are on {ids.device}, the cache is on {self.device}")
+            if ids.dim() != 1:
+                raise ValueError(f"{what} must be 1-D, got shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        vocab = self.model.config.vocab_size
+        out = []
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab:
+                raise ValueError(f"{what}: {i!r} is not a token id in 0..{vocab - 1}")
+            out.append(i)
+        return out
+
+    def _check_capacity(self, needed: int) -> None:
+        if self.max_capacity is not None and needed > self.max_capacity:
+            raise ValueError(
+                f"the edit needs {needed} tokens but the cache holds at most {self.max_capacity}"
+            )
+
+    @torch.inference_mode(False)
+    def _ensure_capacity(self, needed: int, keep: int | None = None) -> None:
+        if needed <= self._slab.capacity:
+            return
+        keep = len(self._ids) if keep is None else keep
+        capacity = self._slab.capacity
+        while capacity < needed:
+            capacity *= 2
+        if self.max_capacity is not None:
+            capacity = min(capacity, self.max_capacity)
+        self._slab.grow(capacity, keep=keep)
+        positions = torch.zeros(capacity, dtype=torch.long)
+        positions[:keep] = self._positions[:keep]
+        self._positions = positions
+
+    def _record(
+        self, strategy: str, encoded: int, reused: int, moved: int, started: float
+    ) -> EditStats:
+        stats = EditStats(strategy, encoded, reused, moved, time.perf_counter() - started)
+        self.last_edit = stats
+        self.total_encoded += encoded
+        self.total_reused += reused
+        return stats
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")

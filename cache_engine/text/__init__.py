@@ -1,0 +1,1 @@
+"""Text to tokens: text changes, and the token edits that keep cached ids equal to a fresh tokenization."""

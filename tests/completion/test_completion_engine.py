@@ -1,0 +1,245 @@
+"""The completion engine with the shipped tokenizer and a small random-weight Llama."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache_engine.completion.documents import ForwardTyping
+from cache_engine.completion.engine import CompletionEngine
+from cache_engine.completion.settings import CompletionSettings, SettingsError
+from cache_engine.text.text_change import DocumentError, TextChange, changed_span
+
+URI = "file:///work/example.py"
+SOURCE = "import os\n\n\ndef area(width, height):\n    return width * height\n\n" + "".join(
+    f"def helper_{i}(x):\n    value = x + {i}\n    return value\n\n" for i in range(40)
+)
+
+
+@pytest.fixture
+def engine(loaded_random_model) -> CompletionEngine:
+    settings = CompletionSettings(max_new_tokens=8, max_prompt_tokens=256, window_margin_lines=3)
+    return CompletionEngine(loaded_random_model, settings)
+
+
+def cached_prompt_is_consistent(engine: CompletionEngine, uri: str = URI) -> bool:
+    """The cache holds exactly a fresh tokenization of its prompt, FIM markers as tokens."""
+    session = engine._sessions[uri]
+    assert session.cache is not None and session.prompt is not None
+    prefix, suffix, middle = engine._fim_ids
+    left = engine.tokenizer.encode(session.prompt.left)
+    right = engine.tokenizer.encode(session.prompt.right)
+    return session.cache.token_ids == [prefix, *left, suffix, *right, middle]
+
+
+def edit(engine: CompletionEngine, version: int, start: int, end: int, text: str) -> str:
+    return engine.change_document(URI, version, [TextChange(start, end, text)])
+
+
+def test_first_completion_encodes_then_typing_is_a_small_pie_edit(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    first = engine.complete(URI, cursor)
+    assert first.source in ("model", "none") and first.tokens_generated > 0
+    stats = engine.stats(URI)[URI]
+    assert stats["last_edit_strategy"] == "full"
+    assert 100 < stats["tokens_cached"] <= 256
+    edit(engine, 2, cursor, cursor, "new")
+    engine.complete(URI, cursor + 3)
+    stats = engine.stats(URI)[URI]
+    assert stats["last_edit_strategy"] == "pie"
+    assert stats["last_edit"]["tokens_encoded"] <= 4
+    assert stats["last_edit"]["tokens_reused"] > 100
+    assert cached_prompt_is_consistent(engine)
+
+
+def test_edits_above_and_below_the_cursor_sync_in_one_batch(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    text = SOURCE
+    above = text.index("value = x + 18")
+    text = edit(engine, 2, above, above + 5, "result")
+    cursor += 1
+    below = text.index("value = x + 22")
+    text = edit(engine, 3, below, below, "# note\n    ")
+    syncs = engine.stats(URI)[URI]["cache_syncs"]
+    engine.complete(URI, cursor)
+    stats = engine.stats(URI)[URI]
+    assert stats["cache_syncs"] == syncs + 1
+    assert stats["last_edit_strategy"] == "pie"
+    assert stats["last_edit"]["tokens_encoded"] < 20
+    assert cached_prompt_is_consistent(engine)
+    assert "result = x + 18" in engine._sessions[URI].prompt.left
+    assert "# note" in engine._sessions[URI].prompt.right
+
+
+@pytest.mark.parametrize("strategy", ["prefix", "full"])
+def test_strategy_comes_from_settings(engine, strategy: str) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    engine.update_settings(CompletionSettings(strategy=strategy, max_prompt_tokens=256))
+    edit(engine, 2, cursor, cursor, "x")
+    engine.complete(URI, cursor + 1)
+    assert engine.stats(URI)[URI]["last_edit_strategy"] == strategy
+    assert cached_prompt_is_consistent(engine)
+
+
+def test_nothing_generated_stays_in_the_cache(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    engine.complete(URI, 20)
+    session = engine._sessions[URI]
+    ids = session.cache.token_ids
+    engine.complete(URI, 20)
+    assert session.cache.token_ids == ids
+
+
+def test_window_stays_put_while_typing(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    window = engine.documents.snapshot(URI).window
+    assert window is not None and window.start > 0 and window.end < len(SOURCE)
+    for version, char in enumerate("abcd", start=2):
+        edit(engine, version, cursor, cursor, char)
+        cursor += 1
+        engine.complete(URI, cursor)
+        moved = engine.documents.snapshot(URI).window
+        assert (moved.start, moved.end) == (window.start, window.end + version - 1)
+        assert engine.stats(URI)[URI]["last_edit"]["tokens_encoded"] <= 3
+
+
+def test_moving_far_moves_the_window_and_keeps_the_budget(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    engine.complete(URI, SOURCE.index("helper_5("))
+    first = engine.documents.snapshot(URI).window
+    engine.complete(URI, SOURCE.index("helper_35("))
+    second = engine.documents.snapshot(URI).window
+    assert second.start > first.end
+    assert engine.stats(URI)[URI]["tokens_cached"] <= 256
+    assert cached_prompt_is_consistent(engine)
+
+
+def test_forward_typing_serves_the_rest_without_the_model(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    return width") + 4
+    engine.complete(URI, cursor)
+    engine.documents.set_forward_typing(URI, 1, ForwardTyping(cursor, "print(width)"))
+    edit(engine, 2, cursor, cursor, "pr")
+    edit(engine, 3, cursor + 2, cursor + 2, "i")
+    served = engine.complete(URI, cursor + 3)
+    assert (served.text, served.source) == ("nt(width)", "forward_typing")
+    assert engine.stats(URI)[URI]["forward_typing_hits"] == 1
+    edit(engine, 4, cursor + 2, cursor + 3, "")
+    assert engine.complete(URI, cursor + 2).text == "int(width)"
+    edit(engine, 5, cursor + 2, cursor + 2, "x")
+    assert engine.complete(URI, cursor + 3).source != "forward_typing"
+
+
+def test_memory_budget_evicts_least_recently_used(engine) -> None:
+    uris = [f"file:///work/doc{i}.py" for i in range(3)]
+    for uri in uris:
+        engine.open_document(uri, SOURCE, 1, "python")
+    engine.complete(uris[0], 10)
+    one_cache = engine.stats(uris[0])[uris[0]]["cache_bytes"]
+    engine.update_settings(
+        CompletionSettings(
+            max_new_tokens=8, max_prompt_tokens=256, memory_budget_bytes=2 * one_cache
+        )
+    )
+    engine.complete(uris[1], 10)
+    engine.complete(uris[2], 10)
+    stats = engine.stats()
+    assert stats[uris[0]]["evictions"] == 1 and stats[uris[0]]["tokens_cached"] == 0
+    assert stats[uris[1]]["tokens_cached"] > 0 and stats[uris[2]]["tokens_cached"] > 0
+    engine.complete(uris[0], 10)
+    stats = engine.stats()
+    assert stats[uris[0]]["last_edit_strategy"] == "full"
+    assert stats[uris[1]]["evictions"] == 1
+
+
+def test_close_frees_the_cache(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    engine.complete(URI, 10)
+    cache = engine._sessions[URI].cache
+    engine.close_document(URI)
+    engine.release_closed()
+    assert URI not in engine.stats()
+    assert len(cache) == 0
+    with pytest.raises(DocumentError, match="not open"):
+        engine.complete(URI, 10)
+
+
+def test_cancellation_stops_between_tokens(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    checks = 0
+
+    def stop_after_three() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks > 3
+
+    result = engine.complete(URI, 30, should_stop=stop_after_three)
+    assert (result.text, result.reason) == ("", "cancelled")
+    assert result.tokens_generated <= 2
+
+
+def test_stale_version_gives_nothing(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    edit(engine, 2, 0, 0, "#")
+    result = engine.complete(URI, 5, version=1)
+    assert result.text == "" and "version 2" in result.reason
+
+
+def test_bad_inputs_leave_state_unchanged(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    with pytest.raises(DocumentError, match=r"\[5, 999999\)"):
+        engine.change_document(URI, 2, [TextChange(0, 0, "ok"), TextChange(5, 999999, "")])
+    snapshot = engine.documents.snapshot(URI)
+    assert (snapshot.text, snapshot.version) == (SOURCE, 1)
+    with pytest.raises(DocumentError, match="cursor offset -1"):
+        engine.complete(URI, -1)
+    with pytest.raises(SettingsError, match="strategy 'fast'"):
+        CompletionSettings(strategy="fast")  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="exceeds the model's 4096 positions"):
+        engine.update_settings(CompletionSettings(max_prompt_tokens=4090, max_new_tokens=64))
+    assert engine.settings.max_prompt_tokens == 256
+
+
+def test_empty_document_and_odd_characters(engine) -> None:
+    engine.open_document(URI, "", 1, "python")
+    assert engine.complete(URI, 0).source in ("model", "none")
+    text = "s = '😀\x00'\r\nt = 1\r\n"
+    engine.open_document("file:///work/odd.py", text, 1, "python")
+    result = engine.complete("file:///work/odd.py", text.index("t"))
+    assert "\r" not in result.text
+
+
+def test_changed_span() -> None:
+    assert changed_span("abcdef", "abXYef") == (2, 4, 4)
+    assert changed_span("aaa", "aaaa") == (3, 3, 4)
+    assert changed_span("", "x") == (0, 0, 1)
+    assert changed_span("same", "same") == (4, 4, 4)
+
+
+def test_model_without_fim_tokens_gets_the_left_context(loaded_random_model) -> None:
+    from dataclasses import replace
+
+    plain = replace(loaded_random_model, fim=None)
+    engine = CompletionEngine(plain, CompletionSettings(max_new_tokens=4, max_prompt_tokens=128))
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    session = engine._sessions[URI]
+    assert session.prompt.right is None and SOURCE[:cursor].endswith(session.prompt.left)
+    assert session.cache.token_ids == engine.tokenizer.encode(session.prompt.left)
+    assert len(session.cache) <= 128
+    edit(engine, 2, cursor, cursor, "abc")
+    engine.complete(URI, cursor + 3)
+    stats = engine.stats(URI)[URI]
+    assert stats["last_edit_strategy"] == "pie" and stats["last_edit"]["tokens_encoded"] <= 3
+    assert session.cache.token_ids == engine.tokenizer.encode(session.prompt.left)
+    next_line = SOURCE.index("\n", cursor) + 3 + 1
+    engine.complete(URI, next_line)  # moving down in a plain prompt is an append
+    stats = engine.stats(URI)[URI]
+    assert stats["last_edit_strategy"] == "pie" and stats["last_edit"]["tokens_reused"] > 50

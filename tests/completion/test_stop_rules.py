@@ -1,0 +1,129 @@
+"""Stop rules: where decoding stops and what is kept, fed the way the decoder feeds them."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache_engine.completion.stop_rules import BracketScanner, CompletionStopper, CursorContext
+
+
+def run(document: str, generated: str, language: str = "python", piece: int = 3) -> str:
+    """Complete at the '|' in `document` with `generated`, fed a few characters at a time."""
+    cursor = document.index("|")
+    text = document.replace("|", "", 1)
+    stopper = CompletionStopper(CursorContext.at(text, cursor, language))
+    for start in range(0, len(generated), piece):
+        if not stopper.push(generated[start : start + piece]):
+            break
+    return stopper.finish()
+
+
+def test_mid_line_stops_at_end_of_line() -> None:
+    assert run("x = foo(|)\n", "a, b\nprint(1)\n") == "a, b"
+
+
+def test_mid_line_stops_before_unmatched_closing_bracket() -> None:
+    assert run("print(|)\n", '"hi") + 1\n') == '"hi"'
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    assert run("print(|)\n", '")", x)\n') == '")", x'
+
+
+def test_text_repeating_the_rest_of_the_line_is_trimmed() -> None:
+    assert run("if x|:\n    pass\n", " > 0:") == " > 0"
+
+
+def test_result_that_only_repeats_what_follows_is_dropped() -> None:
+    assert run("pri|nt(x)\n", "nt(x") == ""
+    assert run("x = 1\n|\ny = 2\n", "y = 2\n") == ""
+
+
+def test_blank_completion_is_dropped() -> None:
+    assert run("x = |\n", "   \n\n") == ""
+
+
+def test_empty_line_in_function_completes_until_the_block_ends() -> None:
+    document = "def f(x):\n    y = x + 1\n    |\n"
+    generated = "z = y * 2\n    return z\n\ndef g():\n    pass\n"
+    assert run(document, generated) == "z = y * 2\n    return z"
+
+
+def test_end_of_block_opener_completes_the_block() -> None:
+    document = "class A:\n    def f(self):|\n"
+    generated = "\n        a = 1\n        if a:\n            return a\n    def g(self):\n"
+    assert run(document, generated) == "\n        a = 1\n        if a:\n            return a"
+
+
+def test_else_continues_the_if_statement() -> None:
+    document = "def f(x):\n    if x:|\n"
+    generated = "\n        return 1\n    else:\n        return 2\nprint(f(1))\n"
+    assert run(document, generated) == "\n        return 1\n    else:\n        return 2"
+
+
+def test_end_of_simple_statement_stops_at_the_next_statement() -> None:
+    assert run("def f():\n    x = foo(|\n", "1,\n        2)\n    y = 3\n") == "1,\n        2)"
+
+
+def test_module_level_empty_line_completes_one_statement() -> None:
+    document = "import os\n\n|\n"
+    generated = "def f():\n    return os.getcwd()\n\n\ndef g():\n    pass\n"
+    assert run(document, generated) == "def f():\n    return os.getcwd()"
+
+
+def test_dedent_ends_the_unit_even_after_an_unclosed_bracket() -> None:
+    document = "def f(path):\n    return |\n"
+    generated = "os.path.join(path, os.path.join(path)\n\ndef g():\n    pass\n"
+    assert run(document, generated) == "os.path.join(path, os.path.join(path)"
+
+
+def test_line_repeating_the_previous_line_stops() -> None:
+    document = "def f():\n    |\n"
+    assert run(document, "a.append(1)\n    a.append(1)\n    a.append(1)\n") == "a.append(1)"
+
+
+def test_line_repeating_the_suffix_stops() -> None:
+    document = "def f():\n    x = 1\n    |\n    return total_value\n"
+    assert run(document, "y = x\n    return total_value\n") == "y = x"
+
+
+def test_multiline_allows_closing_a_bracket_opened_on_the_cursor_line() -> None:
+    assert run("values = [|\n", "\n    1,\n    2,\n]\nprint(values)\n") == "\n    1,\n    2,\n]"
+
+
+def test_other_languages_stop_at_a_blank_line_after_code() -> None:
+    document = "function f() {\n  |\n}\n"
+    generated = "let a = 1;\n  return a;\n\n  // more\n"
+    assert run(document, generated, language="javascript") == "let a = 1;\n  return a;"
+
+
+def test_other_languages_stop_before_an_unmatched_closing_brace() -> None:
+    document = "function f() {\n  |\n}\n"
+    assert run(document, "return 1;\n}\n", language="javascript") == "return 1;"
+
+
+def test_other_languages_complete_a_block_after_an_opener() -> None:
+    document = "if (x) {|\n"
+    generated = "\n  y();\n}\nz();\n"
+    assert run(document, generated, language="c") == "\n  y();\n}"
+
+
+def test_feeding_one_character_at_a_time_gives_the_same_result() -> None:
+    document = "def f(x):\n    |\n"
+    generated = "if x:\n        return 1\n    return 2\nprint(f)\n"
+    assert run(document, generated, piece=1) == run(document, generated, piece=50)
+
+
+def test_crlf_document() -> None:
+    document = "def f(x):\r\n    y = 1\r\n    |\r\n"
+    assert run(document, "return y\n\ndef g():\n") == "return y"
+
+
+@pytest.mark.parametrize(
+    ("text", "unmatched_at"),
+    [("a(b)c)", 5), ("'('x)", 4), ("# )\n)", 4), ("[(])", 2)],
+)
+def test_bracket_scanner(text: str, unmatched_at: int) -> None:
+    scanner = BracketScanner([], "#")
+    results = [scanner.feed(c) for c in text]
+    assert results.index(False) == unmatched_at
