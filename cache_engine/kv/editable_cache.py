@@ -6,6 +6,13 @@ moved Δ slots with its keys re-rotated by R(Δ) in one fused pass (`kernels.shi
 The suffix's content is stale (it never saw the new tokens), which the paper finds costs little
 on code; the token whose logits predict the next one is re-fed, since its hidden state is stale.
 
+Staleness: the cache knows how many leading tokens are exact, i.e. hold the K/V a fresh
+encoding of today's sequence would give. A moved suffix is stale (the text before it changed
+since it was encoded), and so is every token encoded after a stale one, since it attended to
+it; tokens are never exact after a stale one, so one boundary, `exact_tokens`, says it all.
+`refresh` recomputes a run of cached tokens in place against the current cache: from the first
+stale token onward it moves the boundary, and a refresh to the end makes the cache exact.
+
 Storage is one preallocated buffer for all layers, [layers, kv_heads, capacity, head_dim], whose
 capacity grows geometrically. The model's own forward pass reads and writes it through
 `SlabCache`, a transformers `Cache` whose layers are views into the buffer: a forward writes its
@@ -43,6 +50,7 @@ class EditStats:
     tokens_reused: int  # cached tokens kept without running the model (prefix + moved suffix)
     tokens_moved: int  # suffix tokens shifted (and, under pie, re-rotated)
     seconds: float
+    tokens_refreshed: int = 0  # cached tokens recomputed in place (`refresh`)
 
 
 class _Slab:
@@ -155,6 +163,8 @@ class EditableCache:
         self._positions = torch.zeros(first, dtype=torch.long)
         self._next_logits: torch.Tensor | None = None
         self._last_forward_logits: torch.Tensor | None = None
+        # Leading tokens whose K/V equal a fresh encoding of the current ids (see module doc).
+        self._exact = 0
         self.last_edit: EditStats | None = None
         self.total_encoded = 0
         self.total_reused = 0
@@ -176,6 +186,22 @@ class EditableCache:
     def positions(self) -> torch.Tensor:
         return self._positions[: len(self._ids)].clone()
 
+    @property
+    def exact_tokens(self) -> int:
+        """How many leading tokens hold exactly the K/V a fresh encoding would give."""
+        return self._exact
+
+    @property
+    def stale_tokens(self) -> int:
+        """Tokens whose K/V may differ from a fresh encoding: all from `exact_tokens` on."""
+        return len(self._ids) - self._exact
+
+    def stale_mask(self) -> torch.Tensor:
+        """For every cached token, whether it is stale: bool [len(self)]."""
+        mask = torch.zeros(len(self._ids), dtype=torch.bool)
+        mask[self._exact :] = True
+        return mask
+
     def nbytes(self) -> int:
         return self._slab.keys.nbytes + self._slab.values.nbytes
 
@@ -193,6 +219,7 @@ class EditableCache:
         self._ensure_capacity(len(new_ids))
         self._ids = []
         self._next_logits = None
+        self._exact = 0
         self._encode_at(0, new_ids)
         return self._record("full", len(new_ids), 0, 0, started)
 
@@ -202,6 +229,7 @@ class EditableCache:
         if length < len(self._ids):
             self._ids = self._ids[:length]
             self._next_logits = None
+            self._exact = min(self._exact, length)
 
     @torch.inference_mode(False)
     def clone(self, *, strategy: Strategy | None = None) -> EditableCache:
@@ -223,6 +251,7 @@ class EditableCache:
     def release(self) -> None:
         """Free the buffers; the cache is empty and usable afterwards."""
         self._ids = []
+        self._exact = 0
         self._next_logits = None
         self._slab.keys = self._slab.keys.new_zeros(
             (*self._slab.keys.shape[:2], 16, self.spec.head_dim)
@@ -266,12 +295,14 @@ class EditableCache:
         if chosen == "full":
             self._ids = []
             self._next_logits = None
+            self._exact = 0
             self._encode_at(0, new_ids)
             return self._record(chosen, len(new_ids), 0, 0, started)
         if chosen == "prefix":
             keep = ordered[0].start
             self._ids = self._ids[:keep]
             self._next_logits = None
+            self._exact = min(self._exact, keep)
             self._encode_at(keep, new_ids[keep:])
             return self._record(chosen, len(new_ids) - keep, keep, 0, started)
         return self._splice(
@@ -308,6 +339,9 @@ class EditableCache:
             moved += seg_end - seg_start
         self._ids = new_ids
         self._next_logits = None
+        first = ordered[0]
+        exact_before = self._exact
+        self._exact = min(self._exact, first.start)
         encoded = 0
         offset = 0
         for edit in ordered:
@@ -316,9 +350,14 @@ class EditableCache:
                 self._forward(list(edit.new_ids), edit.start + offset, keep_logits=False)
                 encoded += len(edit.new_ids)
             offset += edit.delta
+        if exact_before >= first.start:
+            # The first edit's new tokens saw only exact tokens; what follows them is stale,
+            # unless nothing follows them at all.
+            self._exact = first.start + len(first.new_ids)
         last = ordered[-1]
         if last.end == old_len and last.new_ids:
-            # The edit reached the end, so its forward already produced exact next-token logits.
+            # The edit reached the end, so its forward already produced the next-token logits
+            # (exact when everything before is).
             self._next_logits = self._last_forward_logits
         reused = len(new_ids) - encoded
         return self._record(strategy, encoded, reused, moved, started)
@@ -343,6 +382,52 @@ class EditableCache:
             kernels.copy_suffix(slab.keys, slab.values, start, end, shift)
             self._positions[start + shift : end + shift] = self._positions[start:end].clone()
 
+    # ---- refresh -------------------------------------------------------------------------
+
+    def refresh(
+        self,
+        start: int,
+        end: int | None = None,
+        *,
+        chunk: int = PREFILL_CHUNK,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> EditStats:
+        """Recompute cached tokens [start, end) in place, attending to the current cache.
+
+        Runs in chunks of `chunk` tokens and checks `should_stop` before each one, so a stopped
+        refresh has recomputed a prefix of the run and the cache stays consistent: ids never
+        change, and the exact boundary only moves past chunks that were finished.
+        """
+        n = len(self._ids)
+        end = n if end is None else end
+        if not 0 <= start <= end <= n:
+            raise ValueError(f"refresh range [{start}, {end}) is out of range 0..{n}")
+        if chunk < 1:
+            raise ValueError(f"refresh chunk must be at least 1 token, got {chunk}")
+        started = time.perf_counter()
+        done = start
+        while done < end and not should_stop():
+            stop = min(end, done + chunk)
+            self._forward(self._ids[done:stop], done, keep_logits=False)
+            if self._exact >= done:
+                self._exact = max(self._exact, stop)
+            if stop == n:
+                self._next_logits = self._last_forward_logits
+            elif self._next_logits is not None:
+                # The last token's logits came from K/V that just changed under it.
+                self._next_logits = None
+            done = stop
+        refreshed = done - start
+        stats = self._record("refresh", refreshed, n - refreshed, 0, started)
+        stats.tokens_refreshed = refreshed
+        return stats
+
+    def refresh_stale(
+        self, *, chunk: int = PREFILL_CHUNK, should_stop: Callable[[], bool] = lambda: False
+    ) -> EditStats:
+        """Refresh from the first stale token to the end: afterwards the cache is exact."""
+        return self.refresh(self._exact, chunk=chunk, should_stop=should_stop)
+
     # ---- model passes --------------------------------------------------------------------
 
     def append(self, ids: Sequence[int]) -> torch.Tensor:
@@ -353,8 +438,11 @@ class EditableCache:
         self._check_capacity(len(self._ids) + len(new_ids))
         self._ensure_capacity(len(self._ids) + len(new_ids))
         started = time.perf_counter()
-        logits = self._forward(new_ids, len(self._ids), keep_logits=True, all_logits=True)
+        base = len(self._ids)
+        logits = self._forward(new_ids, base, keep_logits=True, all_logits=True)
         self._ids.extend(new_ids)
+        if self._exact == base:
+            self._exact = len(self._ids)
         self._next_logits = logits[-1]
         self._record("append", len(new_ids), len(self._ids) - len(new_ids), 0, started)
         return logits
@@ -370,6 +458,8 @@ class EditableCache:
             self._ids = self._ids[:-1]
             self._forward([last], n - 1, keep_logits=True)
             self._ids.append(last)
+            if self._exact == n - 1:
+                self._exact = n
             self._next_logits = self._last_forward_logits
         return self._next_logits
 
@@ -417,6 +507,8 @@ class EditableCache:
             chunk = ids[start : start + PREFILL_CHUNK]
             self._forward(chunk, slot + start, keep_logits=False)
             self._ids = self._ids[: slot + start] + chunk
+            if self._exact >= slot + start:
+                self._exact = len(self._ids)
         if ids:
             self._next_logits = self._last_forward_logits
 
