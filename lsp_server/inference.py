@@ -36,6 +36,10 @@ class InferenceWorker:
         self._in_flight[uri] = flag
         return flag
 
+    def busy(self, uri: str) -> bool:
+        """Whether a request on `uri` is queued or running."""
+        return uri in self._in_flight
+
     def end(self, uri: str, flag: threading.Event) -> None:
         if self._in_flight.get(uri) is flag:
             del self._in_flight[uri]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
@@ -106,6 +107,11 @@ class PieLanguageServer(LanguageServer):
         self.exit_code = 0
         self._line_indexes: dict[str, LineIndex] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Idle refresh: the position of the last request per document, the timer waiting for a
+        # pause, and the stop flag of a refresh under way.
+        self._last_position: dict[str, types.Position] = {}
+        self._idle_timers: dict[str, asyncio.TimerHandle] = {}
+        self._idle_flags: dict[str, threading.Event] = {}
 
     # ---- documents -----------------------------------------------------------------------
 
@@ -168,9 +174,12 @@ class PieLanguageServer(LanguageServer):
         self.documents.change(uri, version, changes)
         # The index of the old text would only keep that text alive.
         self._line_indexes.pop(uri, None)
+        self._schedule_idle_refresh(uri)
 
     def close_document(self, uri: str) -> None:
         self._line_indexes.pop(uri, None)
+        self._cancel_idle_refresh(uri)
+        self._last_position.pop(uri, None)
         if self.engine is not None:
             self.engine.close_document(uri)
             self.worker.submit(self.engine.release_closed)
@@ -269,7 +278,7 @@ class PieLanguageServer(LanguageServer):
         except SettingsError as error:
             log.error("settings do not fit model %s (%s): using the defaults", options.model, error)
             defaults = CompletionSettings(strategy=self.settings.completion.strategy)
-            self.settings = ServerSettings(defaults, self.settings.debounce_ms)
+            self.settings = replace(self.settings, completion=defaults)
             return CompletionEngine(loaded, defaults, self.documents)
 
     async def _begin_progress(self, token: str, message: str) -> bool:
@@ -298,6 +307,8 @@ class PieLanguageServer(LanguageServer):
         if uri not in self.documents:
             log.error("completion requested for %s, which is not open", uri)
             return None
+        self._cancel_idle_refresh(uri)
+        self._last_position[uri] = position
         flag = self.worker.begin(uri)
         try:
             snapshot = self.documents.snapshot(uri)
@@ -334,6 +345,7 @@ class PieLanguageServer(LanguageServer):
             return None
         finally:
             self.worker.end(uri, flag)
+            self._schedule_idle_refresh(uri)
         log.debug(
             "completion %s in %s: %r (%s, %s, %d tokens, %.0f ms)",
             _position_text(position),
@@ -345,6 +357,52 @@ class PieLanguageServer(LanguageServer):
             completion.seconds * 1000,
         )
         return completion.text or None
+
+    # ---- idle refresh --------------------------------------------------------------------
+
+    def _cancel_idle_refresh(self, uri: str) -> None:
+        timer = self._idle_timers.pop(uri, None)
+        if timer is not None:
+            timer.cancel()
+        flag = self._idle_flags.get(uri)
+        if flag is not None:
+            flag.set()
+
+    def _schedule_idle_refresh(self, uri: str) -> None:
+        """Arm (or re-arm) the pause timer of `uri`: any change or request starts it over."""
+        self._cancel_idle_refresh(uri)
+        delay = self.settings.idle_refresh_ms
+        if not delay or self.engine is None or uri not in self._last_position:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timers[uri] = loop.call_later(delay / 1000, self._start_idle_refresh, uri)
+
+    def _start_idle_refresh(self, uri: str) -> None:
+        self._idle_timers.pop(uri, None)
+        task = asyncio.get_running_loop().create_task(self._idle_refresh(uri))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _idle_refresh(self, uri: str) -> None:
+        """Sync the cache at the last requested position and refresh its stale tokens, in
+        chunks that stop as soon as the user types or asks again."""
+        engine, position = self.engine, self._last_position.get(uri)
+        if engine is None or position is None or self.worker.busy(uri) or uri not in self.documents:
+            return
+        flag = threading.Event()
+        self._idle_flags[uri] = flag
+        try:
+            snapshot = self.documents.snapshot(uri)
+            offset = self.line_index(uri, snapshot.text).resolve(position).offset
+            exact = await self.worker.run(engine.prepare, uri, offset, should_stop=flag.is_set)
+            log.debug("idle refresh of %s at %s: exact=%s", uri, _position_text(position), exact)
+        except (DocumentError, PositionError) as error:
+            log.debug("no idle refresh of %s: %s", uri, error)
+        except Exception:
+            log.exception("idle refresh of %s failed", uri)
+        finally:
+            if self._idle_flags.get(uri) is flag:
+                del self._idle_flags[uri]
 
     def word_before(self, uri: str, position: types.Position) -> str:
         """The identifier characters just before `position` (what a completion menu filters by)."""
@@ -363,10 +421,7 @@ class PieLanguageServer(LanguageServer):
             "model": self.options.model,
             "modelState": self.model_state,
             "strategy": self.settings.completion.strategy,
-            "settings": {
-                **{k: getattr(self.settings.completion, k) for k in CompletionSettings.names()},
-                "debounce_ms": self.settings.debounce_ms,
-            },
+            "settings": self.settings.client_names(),
             "documents": self._document_stats(uri),
         }
 

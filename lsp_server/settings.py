@@ -4,7 +4,8 @@ Clients send camelCase keys, either at the top level or under a "pieLsp" section
 
     {"pieLsp": {"strategy": "pie", "debounceMs": 50, "maxNewTokens": 64,
                 "maxPromptTokens": 1536, "suffixShare": 0.25, "windowMarginLines": 8,
-                "memoryBudgetMb": 256}}
+                "memoryBudgetMb": 256, "fimLayout": "auto", "refreshAfterEdit": 0,
+                "staleBudget": 0, "maxRegions": 4, "idleRefreshMs": 400}}
 
 Keys left out keep their current value. Unknown keys and bad values reject the whole update.
 """
@@ -24,6 +25,10 @@ _COMPLETION_KEYS = {
     "maxPromptTokens": "max_prompt_tokens",
     "suffixShare": "suffix_share",
     "windowMarginLines": "window_margin_lines",
+    "fimLayout": "fim_layout",
+    "refreshAfterEdit": "refresh_after_edit",
+    "staleBudget": "stale_budget",
+    "maxRegions": "max_regions",
 }
 
 
@@ -31,6 +36,9 @@ _COMPLETION_KEYS = {
 class ServerSettings:
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     debounce_ms: int = 30
+    # After this long with no change and no request, the worker syncs the document's cache at
+    # the last requested position and refreshes its stale tokens; 0 turns it off.
+    idle_refresh_ms: int = 400
 
     def updated(self, raw: object) -> ServerSettings:
         """These settings with the client's changes applied; raises SettingsError naming the
@@ -45,7 +53,7 @@ class ServerSettings:
         if not isinstance(section, Mapping):
             raise SettingsError(f"settings section must be a JSON object, got {section!r}")
         changes: dict[str, object] = {}
-        debounce_ms = self.debounce_ms
+        debounce_ms, idle_refresh_ms = self.debounce_ms, self.idle_refresh_ms
         for key, value in section.items():
             if key in _COMPLETION_KEYS:
                 changes[_COMPLETION_KEYS[key]] = value
@@ -59,7 +67,29 @@ class ServerSettings:
                         f"debounceMs must be an integer in [0, 5000], got {value!r}"
                     )
                 debounce_ms = value
+            elif key == "idleRefreshMs":
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int)
+                    or not 0 <= value <= 60_000
+                ):
+                    raise SettingsError(
+                        f"idleRefreshMs must be an integer in [0, 60000], got {value!r}"
+                    )
+                idle_refresh_ms = value
             else:
-                known = ", ".join([*_COMPLETION_KEYS, "memoryBudgetMb", "debounceMs"])
+                known = ", ".join(
+                    [*_COMPLETION_KEYS, "memoryBudgetMb", "debounceMs", "idleRefreshMs"]
+                )
                 raise SettingsError(f"unknown setting {key!r}; known settings: {known}")
-        return ServerSettings(replace(self.completion, **changes), debounce_ms)
+        return ServerSettings(replace(self.completion, **changes), debounce_ms, idle_refresh_ms)
+
+    def client_names(self) -> dict[str, object]:
+        """Every setting under the camelCase name a client sends."""
+        values: dict[str, object] = {
+            client: getattr(self.completion, name) for client, name in _COMPLETION_KEYS.items()
+        }
+        values["memoryBudgetMb"] = self.completion.memory_budget_bytes / MIB
+        values["debounceMs"] = self.debounce_ms
+        values["idleRefreshMs"] = self.idle_refresh_ms
+        return values

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from cache_engine.completion.prompt_layout import ContextWindow
 from cache_engine.text.text_change import DocumentError, TextChange
@@ -61,7 +62,8 @@ class DocumentSnapshot:
     text: str
     version: int
     language_id: str
-    window: ContextWindow | None
+    # The prompt window of each of the document's cached regions, by region id.
+    windows: Mapping[int, ContextWindow]
     forward_typing: ForwardTyping | None
 
 
@@ -70,12 +72,17 @@ class _Document:
     text: str
     version: int
     language_id: str
-    window: ContextWindow | None = None
+    windows: dict[int, ContextWindow] = field(default_factory=dict)
     forward_typing: ForwardTyping | None = None
 
     def snapshot(self, uri: str) -> DocumentSnapshot:
         return DocumentSnapshot(
-            uri, self.text, self.version, self.language_id, self.window, self.forward_typing
+            uri,
+            self.text,
+            self.version,
+            self.language_id,
+            MappingProxyType(dict(self.windows)),
+            self.forward_typing,
         )
 
 
@@ -100,17 +107,16 @@ class DocumentStore:
         new text. A change that does not fit leaves the document as it was."""
         with self._lock:
             document = self._get(uri)
-            text, window, forward = document.text, document.window, document.forward_typing
+            text, windows, forward = document.text, document.windows, document.forward_typing
             for change in changes:
                 change.check(len(text))
                 if not change.text.isascii():
                     change = replace(change, text=_encodable(change.text))
                 text = change.apply(text)
-                if window is not None:
-                    window = window.follow(change, text)
+                windows = {key: w.follow(change, text) for key, w in windows.items()}
                 if forward is not None:
                     forward = forward.follow(change)
-            document.text, document.window, document.forward_typing = text, window, forward
+            document.text, document.windows, document.forward_typing = text, windows, forward
             document.version = version
             return text
 
@@ -118,19 +124,29 @@ class DocumentStore:
         with self._lock:
             return self._get(uri).snapshot(uri)
 
-    def set_window(self, uri: str, version: int, window: ContextWindow) -> None:
-        """Remember the window chosen for `version`; dropped if the text has moved on since,
-        because the window was not carried through the newer changes."""
+    def set_window(self, uri: str, version: int, region: int, window: ContextWindow) -> None:
+        """Remember the window chosen for `region` at `version`; dropped if the text has moved
+        on since, because the window was not carried through the newer changes."""
         with self._lock:
             document = self._documents.get(uri)
-            if document is not None and document.version == version:
-                document.window = window
+            if document is None:
+                return
+            if document.version == version:
+                document.windows[region] = window
+            else:
+                document.windows.pop(region, None)
+
+    def forget_window(self, uri: str, region: int) -> None:
+        with self._lock:
+            document = self._documents.get(uri)
+            if document is not None:
+                document.windows.pop(region, None)
 
     def forget_windows(self) -> None:
-        """Make every document choose its window afresh (the budget changed)."""
+        """Make every document choose its windows afresh (the budget changed)."""
         with self._lock:
             for document in self._documents.values():
-                document.window = None
+                document.windows.clear()
 
     def set_forward_typing(self, uri: str, version: int, state: ForwardTyping | None) -> None:
         with self._lock:

@@ -1,5 +1,9 @@
 """The completion engine: per-document prompt caches kept in step with the text, and decoding.
 
+Each document keeps a few cached regions, one per prompt window the cursor has been in
+(`regions.py`); a completion uses the region whose window keeps the cursor, edits its cache to
+today's prompt, brings its stale tokens within the staleness budget, and decodes.
+
 Data flows one way: a document change updates the text mirror at once (`DocumentStore`); the
 cache is synced lazily, right before a completion, from the prompt text it holds to the prompt
 text the document gives now, as one batch of token edits. Syncing lazily batches every keystroke
@@ -18,25 +22,34 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from cache_engine.completion.documents import DocumentSnapshot, DocumentStore, ForwardTyping
 from cache_engine.completion.prompt_layout import (
     PLACEMENT_FILL,
+    ContextWindow,
+    FimLayout,
+    FimMarkers,
     PromptText,
     PromptWindowPolicy,
+    assemble,
+    part_starts,
     prompt_text,
 )
+from cache_engine.completion.regions import DocumentCaches, PromptRegion
 from cache_engine.completion.settings import CompletionSettings, SettingsError
 from cache_engine.completion.stop_rules import CompletionStopper, CursorContext
-from cache_engine.kv.editable_cache import EditableCache, EditStats
+from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 from cache_engine.model.loading import LoadedModel
 from cache_engine.text.incremental_tokenizer import IncrementalTokenizer
 from cache_engine.text.text_change import DocumentError, TextChange, changed_span
 
 log = logging.getLogger(__name__)
+
+# Refreshes run in chunks this long, so a new request waits at most one chunk's forward pass.
+REFRESH_CHUNK = 64
 
 # A change confined to one span this short is re-tokenized as that span; wider or scattered
 # changes go to `edits_for_text`, which finds the separate regions itself.
@@ -54,53 +67,6 @@ class Completion:
     seconds: float = 0.0
 
 
-@dataclass
-class DocumentStats:
-    tokens_cached: int = 0
-    cache_bytes: int = 0
-    last_edit: EditStats | None = None
-    tokens_encoded_total: int = 0
-    tokens_reused_total: int = 0
-    cache_syncs: int = 0
-    completions: int = 0
-    last_completion_seconds: float | None = None
-    last_completion_tokens: int = 0
-    forward_typing_hits: int = 0
-    evictions: int = 0
-
-    def record_edit(self, stats: EditStats) -> None:
-        self.last_edit = stats
-        self.tokens_encoded_total += stats.tokens_encoded
-        self.tokens_reused_total += stats.tokens_reused
-        self.cache_syncs += 1
-
-    def as_dict(self) -> dict[str, object]:
-        result = asdict(self)
-        result["last_edit_strategy"] = self.last_edit.strategy if self.last_edit else None
-        return result
-
-
-@dataclass
-class _CacheSession:
-    """What the worker keeps for one document: the cache and the prompt it holds.
-
-    With FIM the cache holds [FIM_PREFIX] + ids(left) + [FIM_SUFFIX] + ids(right) +
-    [FIM_MIDDLE]; `left_tokens` says where the left part ends.
-    """
-
-    stats: DocumentStats = field(default_factory=DocumentStats)
-    cache: EditableCache | None = None
-    prompt: PromptText | None = None
-    left_tokens: int = 0
-
-    def drop_cache(self) -> None:
-        if self.cache is not None:
-            self.cache.release()
-        self.cache = None
-        self.prompt = None
-        self.left_tokens = 0
-
-
 class CompletionEngine:
     def __init__(
         self,
@@ -113,14 +79,20 @@ class CompletionEngine:
         self.tokenizer = IncrementalTokenizer(loaded.tokenizer)
         self.documents = documents if documents is not None else DocumentStore()
         self._settings = self._checked(settings or CompletionSettings())
-        self._sessions: OrderedDict[str, _CacheSession] = OrderedDict()
-        self._closed: list[_CacheSession] = []
+        self._caches: OrderedDict[str, DocumentCaches] = OrderedDict()
+        self._closed: list[DocumentCaches] = []
         self._lock = threading.Lock()
+        self._clock = 0
         vocab = loaded.tokenizer.get_vocab()
         fim = loaded.fim
-        self._fim_ids = (vocab[fim.prefix], vocab[fim.suffix], vocab[fim.middle]) if fim else None
+        self._markers = (
+            FimMarkers(vocab[fim.prefix], vocab[fim.suffix], vocab[fim.middle]) if fim else None
+        )
+        markers = (self._markers.prefix, self._markers.suffix, self._markers.middle) if fim else ()
         # Any of these ends the middle: the model has nothing more to insert.
-        self._stop_ids = frozenset(loaded.eos_token_ids | set(self._fim_ids or ()))
+        self._stop_ids = frozenset(loaded.eos_token_ids | set(markers))
+        declared = getattr(loaded.model.config, "fim_layouts", None) or ("psm",)
+        self.model_fim_layouts: tuple[str, ...] = tuple(declared)
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -148,34 +120,43 @@ class CompletionEngine:
             )
         return settings
 
+    def fim_layout(self, settings: CompletionSettings | None = None) -> FimLayout | None:
+        """The FIM layout prompts use under `settings`; None without FIM tokens."""
+        if self._markers is None:
+            return None
+        chosen = (settings or self._settings).fim_layout
+        if chosen == "auto":
+            return "spm" if "spm" in self.model_fim_layouts else "psm"
+        return chosen
+
     # ---- documents (cheap; any thread) ---------------------------------------------------
 
     def open_document(self, uri: str, text: str, version: int, language_id: str) -> None:
         self.documents.open(uri, text, version, language_id)
         with self._lock:
-            previous = self._sessions.pop(uri, None)
+            previous = self._caches.pop(uri, None)
             if previous is not None:
                 self._closed.append(previous)
-            self._sessions[uri] = _CacheSession()
+            self._caches[uri] = DocumentCaches()
 
     def change_document(self, uri: str, version: int, changes: Sequence[TextChange]) -> str:
         return self.documents.change(uri, version, changes)
 
     def close_document(self, uri: str) -> None:
-        """Forget the document; its cache is freed by the worker (`release_closed`)."""
+        """Forget the document; its caches are freed by the worker (`release_closed`)."""
         self.documents.close(uri)
         with self._lock:
-            session = self._sessions.pop(uri, None)
-            if session is not None:
-                self._closed.append(session)
+            caches = self._caches.pop(uri, None)
+            if caches is not None:
+                self._closed.append(caches)
 
     # ---- worker --------------------------------------------------------------------------
 
     def release_closed(self) -> None:
         with self._lock:
             closed, self._closed = self._closed, []
-        for session in closed:
-            session.drop_cache()
+        for caches in closed:
+            caches.drop_all()
 
     def complete(
         self,
@@ -190,31 +171,29 @@ class CompletionEngine:
         cursor outside the text."""
         started = time.perf_counter()
         self.release_closed()
-        snapshot = self.documents.snapshot(uri)
-        if not 0 <= cursor <= len(snapshot.text):
-            raise DocumentError(
-                f"cursor offset {cursor} is outside document {uri!r} of {len(snapshot.text)} "
-                "characters"
-            )
+        snapshot = self._snapshot_at(uri, cursor)
         if version is not None and snapshot.version != version:
             return Completion("", "none", f"document is at version {snapshot.version}")
         typed_ahead = self.typed_ahead(uri, cursor, version=snapshot.version)
         if typed_ahead is not None:
             return typed_ahead
-        session = self._touch(uri)
+        caches = self._document_caches(uri)
         if should_stop():
             return Completion("", "none", "cancelled")
         settings = self._settings
+        region: PromptRegion | None = None
         try:
-            self._sync(uri, session, snapshot, cursor, settings)
-            self._enforce_memory_budget(keep=uri, budget=settings.memory_budget_bytes)
+            region = self._sync(uri, caches, snapshot, cursor, settings)
+            self._enforce_memory_budget(keep=region, budget=settings.memory_budget_bytes)
+            self._within_stale_budget(caches, region, settings, should_stop)
             if should_stop():
                 return Completion("", "none", "cancelled")
             context = CursorContext.at(snapshot.text, cursor, snapshot.language_id)
-            text, generated, reason = self._decode(session, context, settings, should_stop)
+            text, generated, reason = self._decode(region, context, settings, should_stop)
         except Exception:
             # Whatever state the cache was left in, the next completion starts from scratch.
-            session.drop_cache()
+            if region is not None:
+                region.drop_cache()
             raise
         if reason == "cancelled":
             return Completion("", "none", reason, generated, _since(started))
@@ -223,10 +202,48 @@ class CompletionEngine:
         suggestion = ForwardTyping(cursor, text) if text else None
         self.documents.set_forward_typing(uri, snapshot.version, suggestion)
         seconds = _since(started)
-        session.stats.completions += 1
-        session.stats.last_completion_seconds = seconds
-        session.stats.last_completion_tokens = generated
+        caches.stats.completions += 1
+        caches.stats.last_completion_seconds = seconds
+        caches.stats.last_completion_tokens = generated
         return Completion(text, "model" if text else "none", reason, generated, seconds)
+
+    def prepare(
+        self, uri: str, cursor: int, *, should_stop: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Idle work for a completion at `cursor`: sync the cache to today's text and refresh
+        every stale token, in chunks, checking `should_stop` between them. Returns whether the
+        cache is now exact. Raises DocumentError like `complete`."""
+        self.release_closed()
+        snapshot = self._snapshot_at(uri, cursor)
+        caches = self._document_caches(uri)
+        settings = self._settings
+        # Only a region the cursor is still in is worth the work; an evicted or left one
+        # would cost a fresh encode that nobody may ask for.
+        active = caches.active
+        window = snapshot.windows.get(active.id) if active is not None else None
+        fim = self.fim_layout(settings) is not None
+        if (
+            active is None
+            or active.cache is None
+            or window is None
+            or not self._policy(settings).keeps(snapshot.text, cursor, window, fim=fim)
+        ):
+            return False
+        region: PromptRegion | None = None
+        try:
+            region = self._sync(uri, caches, snapshot, cursor, settings)
+            cache = region.cache
+            if cache is None:
+                return False
+            if cache.stale_tokens and not should_stop():
+                stats = cache.refresh_stale(chunk=REFRESH_CHUNK, should_stop=should_stop)
+                caches.stats.record_refresh(stats)
+        except Exception:
+            if region is not None:
+                region.drop_cache()
+            raise
+        self._record_state(caches, region)
+        return region.cache is not None and region.cache.stale_tokens == 0
 
     def typed_ahead(
         self, uri: str, cursor: int, *, version: int | None = None
@@ -245,85 +262,165 @@ class CompletionEngine:
         if remainder is None:
             return None
         with self._lock:
-            session = self._sessions.get(uri)
-            if session is not None:
-                session.stats.forward_typing_hits += 1
+            caches = self._caches.get(uri)
+            if caches is not None:
+                caches.stats.forward_typing_hits += 1
         return Completion(remainder, "forward_typing", "typed ahead", 0, _since(started))
 
     def stats(self, uri: str | None = None) -> dict[str, dict[str, object]]:
         """Per-document statistics, for one document or all open ones."""
         with self._lock:
-            sessions = list(self._sessions.items())
-        return {key: session.stats.as_dict() for key, session in sessions if uri in (None, key)}
+            documents = list(self._caches.items())
+        return {key: caches.stats.as_dict() for key, caches in documents if uri in (None, key)}
+
+    def active_region(self, uri: str) -> PromptRegion | None:
+        """The region the last completion in `uri` used (for tests and benchmarks)."""
+        with self._lock:
+            caches = self._caches.get(uri)
+        return caches.active if caches is not None else None
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _touch(self, uri: str) -> _CacheSession:
+    def _snapshot_at(self, uri: str, cursor: int) -> DocumentSnapshot:
+        snapshot = self.documents.snapshot(uri)
+        if not 0 <= cursor <= len(snapshot.text):
+            raise DocumentError(
+                f"cursor offset {cursor} is outside document {uri!r} of {len(snapshot.text)} "
+                "characters"
+            )
+        return snapshot
+
+    def _document_caches(self, uri: str) -> DocumentCaches:
         with self._lock:
-            session = self._sessions.get(uri)
-            if session is None:
+            caches = self._caches.get(uri)
+            if caches is None:
                 if uri not in self.documents:
                     raise DocumentError(f"document {uri!r} is not open")
-                session = self._sessions[uri] = _CacheSession()
-            self._sessions.move_to_end(uri)
-            return session
+                caches = self._caches[uri] = DocumentCaches()
+            self._caches.move_to_end(uri)
+            return caches
 
     def _sync(
         self,
         uri: str,
-        session: _CacheSession,
+        caches: DocumentCaches,
         snapshot: DocumentSnapshot,
         cursor: int,
         settings: CompletionSettings,
-    ) -> None:
-        """Bring the cache to the prompt for `cursor`, editing it in one batch."""
+    ) -> PromptRegion:
+        """Bring a region's cache to the prompt for `cursor`, editing it in one batch."""
         text = snapshot.text
-        fim = self._fim_ids is not None
-        policy = PromptWindowPolicy(
-            settings.max_prompt_tokens, settings.suffix_share, settings.window_margin_lines
-        )
-        window = snapshot.window
-        if window is None or not policy.keeps(text, cursor, window, fim=fim):
-            window = policy.place(text, cursor, self._count_tokens, fim=fim)
+        layout = self.fim_layout(settings)
+        fim = layout is not None
+        policy = self._policy(settings)
+        region, window = self._choose_region(uri, caches, snapshot, cursor, policy, settings)
         fill = PLACEMENT_FILL
         while True:
             prompt = prompt_text(text, cursor, window, fim)
-            edits, new_ids, left_tokens = self._plan(session, prompt)
+            edits, new_ids, left_tokens, right_tokens = self._plan(region, prompt, layout)
             if len(new_ids) <= settings.max_prompt_tokens or fill < 0.05:
                 break
             # Lines tokenize a little differently alone than in context: shrink and retry.
             fill *= 0.8 * settings.max_prompt_tokens / len(new_ids)
             window = policy.place(text, cursor, self._count_tokens, fim=fim, fill=fill)
-        self.documents.set_window(uri, snapshot.version, window)
-        self._apply(session, edits, new_ids, settings)
-        session.prompt = prompt
-        session.left_tokens = left_tokens
+        self.documents.set_window(uri, snapshot.version, region.id, window)
+        self._apply(caches, region, edits, new_ids, settings)
+        region.prompt = prompt
+        region.layout = layout if prompt.right is not None else None
+        region.left_tokens, region.right_tokens = left_tokens, right_tokens
+        return region
+
+    def _policy(self, settings: CompletionSettings) -> PromptWindowPolicy:
+        return PromptWindowPolicy(
+            settings.max_prompt_tokens, settings.suffix_share, settings.window_margin_lines
+        )
+
+    def _choose_region(
+        self,
+        uri: str,
+        caches: DocumentCaches,
+        snapshot: DocumentSnapshot,
+        cursor: int,
+        policy: PromptWindowPolicy,
+        settings: CompletionSettings,
+    ) -> tuple[PromptRegion, ContextWindow]:
+        """The region to complete in and its window.
+
+        The most recently used region whose window keeps the cursor wins. Otherwise a fresh
+        window is placed, and it goes to the region whose window overlaps it by at least half
+        (the window slid), or else to a new region; beyond `max_regions` the least recently
+        used region makes room.
+        """
+        text, windows = snapshot.text, snapshot.windows
+        fim = self.fim_layout(settings) is not None
+        self._clock += 1
+        for region in list(caches.regions):
+            if region.id not in windows or region.cache is None:
+                # Its window was not carried through newer text: it cannot be placed.
+                caches.remove(region)
+                self.documents.forget_window(uri, region.id)
+        for region in reversed(caches.regions):
+            window = windows[region.id]
+            if policy.keeps(text, cursor, window, fim=fim):
+                if region is not caches.active:
+                    caches.stats.region_returns += 1
+                caches.touch(region, self._clock)
+                return region, window
+        window = policy.place(text, cursor, self._count_tokens, fim=fim)
+        best: PromptRegion | None = None
+        best_overlap = 0
+        for region in caches.regions:
+            other = windows[region.id]
+            overlap = min(other.end, window.end) - max(other.start, window.start)
+            if overlap > best_overlap:
+                best, best_overlap = region, overlap
+        if best is not None and 2 * best_overlap >= window.end - window.start:
+            caches.touch(best, self._clock)
+            return best, window
+        while len(caches.regions) >= settings.max_regions:
+            oldest = caches.regions[0]
+            caches.remove(oldest)
+            self.documents.forget_window(uri, oldest.id)
+        region = caches.new_region()
+        caches.touch(region, self._clock)
+        return region, window
 
     def _plan(
-        self, session: _CacheSession, prompt: PromptText
-    ) -> tuple[list[TokenEdit] | None, list[int], int]:
+        self, region: PromptRegion, prompt: PromptText, layout: FimLayout | None
+    ) -> tuple[list[TokenEdit] | None, list[int], int, int]:
         """(edits from the cached prompt, or None to encode afresh; the new prompt's ids;
-        the number of left-context tokens)."""
-        cached = session.prompt
-        if session.cache is None or len(session.cache) == 0 or cached is None:
-            left_ids = self.tokenizer.encode(prompt.left)
-            if self._fim_ids is None or prompt.right is None:
-                return None, left_ids, len(left_ids)
-            prefix, suffix, middle = self._fim_ids
-            right_ids = self.tokenizer.encode(prompt.right)
-            return None, [prefix, *left_ids, suffix, *right_ids, middle], len(left_ids)
-        old_ids = session.cache.token_ids
-        if self._fim_ids is None or prompt.right is None or cached.right is None:
-            edits, left_ids = self._part_edits(cached.left, old_ids, prompt.left, 0)
-            return edits, left_ids, len(left_ids)
-        prefix, suffix, middle = self._fim_ids
-        split = 1 + session.left_tokens
-        left_edits, left_ids = self._part_edits(cached.left, old_ids[1:split], prompt.left, 1)
-        right_edits, right_ids = self._part_edits(
-            cached.right, old_ids[split + 1 : -1], prompt.right, split + 1
+        the number of left-context and right-context tokens)."""
+        if prompt.right is None:
+            layout = None
+        cached = region.prompt
+        reusable = (
+            region.cache is not None
+            and len(region.cache) > 0
+            and cached is not None
+            and region.layout == layout
+            and (cached.right is None) == (prompt.right is None)
         )
-        new_ids = [prefix, *left_ids, suffix, *right_ids, middle]
-        return left_edits + right_edits, new_ids, len(left_ids)
+        if not reusable:
+            left_ids = self.tokenizer.encode(prompt.left)
+            if layout is None or prompt.right is None:
+                return None, left_ids, len(left_ids), 0
+            right_ids = self.tokenizer.encode(prompt.right)
+            new_ids = assemble(layout, self._markers, left_ids, right_ids)
+            return None, new_ids, len(left_ids), len(right_ids)
+        assert region.cache is not None and cached is not None
+        old_ids = region.cache.token_ids
+        if layout is None or prompt.right is None or cached.right is None:
+            edits, left_ids = self._part_edits(cached.left, old_ids, prompt.left, 0)
+            return edits, left_ids, len(left_ids), 0
+        left_at, right_at = part_starts(layout, region.left_tokens, region.right_tokens)
+        left_edits, left_ids = self._part_edits(
+            cached.left, old_ids[left_at : left_at + region.left_tokens], prompt.left, left_at
+        )
+        right_edits, right_ids = self._part_edits(
+            cached.right, old_ids[right_at : right_at + region.right_tokens], prompt.right, right_at
+        )
+        new_ids = assemble(layout, self._markers, left_ids, right_ids)
+        return left_edits + right_edits, new_ids, len(left_ids), len(right_ids)
 
     def _part_edits(
         self, old: str, old_ids: list[int], new: str, base: int
@@ -341,12 +438,13 @@ class CompletionEngine:
 
     def _apply(
         self,
-        session: _CacheSession,
+        caches: DocumentCaches,
+        region: PromptRegion,
         edits: list[TokenEdit] | None,
         new_ids: list[int],
         settings: CompletionSettings,
     ) -> None:
-        cache = session.cache
+        cache = region.cache
         if edits is not None and cache is not None:
             try:
                 stats = cache.apply_edits(edits, strategy=settings.strategy)
@@ -354,36 +452,73 @@ class CompletionEngine:
                 log.warning("cache edit failed (%s); re-encoding the prompt", error)
             else:
                 if len(cache) == len(new_ids):
-                    self._record(session, stats)
+                    caches.stats.record_edit(stats)
+                    if stats.strategy == "pie" and settings.refresh_after_edit:
+                        self._refresh_after(caches, cache, edits, settings.refresh_after_edit)
+                    self._record_state(caches, region)
                     return
                 log.error(
                     "cache holds %d tokens, expected %d: re-encoding", len(cache), len(new_ids)
                 )
         if cache is None:
             limit = getattr(self.loaded.model.config, "max_position_embeddings", None)
-            cache = session.cache = EditableCache(
+            cache = region.cache = EditableCache(
                 self.loaded.model,
                 strategy=settings.strategy,
                 initial_capacity=len(new_ids) + settings.max_new_tokens + 16,
                 max_capacity=limit,
             )
-        self._record(session, cache.reset(new_ids))
+        caches.stats.record_edit(cache.reset(new_ids))
+        self._record_state(caches, region)
 
-    def _record(self, session: _CacheSession, stats: EditStats) -> None:
-        session.stats.record_edit(stats)
-        if session.cache is not None:
-            session.stats.tokens_cached = len(session.cache)
-            session.stats.cache_bytes = session.cache.nbytes()
+    def _refresh_after(
+        self, caches: DocumentCaches, cache: EditableCache, edits: list[TokenEdit], tokens: int
+    ) -> None:
+        """Recompute the `tokens` cached tokens after each edit of a batch (indices after it):
+        the tokens nearest a change carry most of the deviation (CacheBlend, EPIC)."""
+        shift = 0
+        for edit in sorted(edits, key=lambda e: e.start):
+            shift += edit.delta
+            start = edit.end + shift
+            stop = min(len(cache), start + tokens)
+            if start < stop:
+                caches.stats.record_refresh(cache.refresh(start, stop))
+
+    def _within_stale_budget(
+        self,
+        caches: DocumentCaches,
+        region: PromptRegion,
+        settings: CompletionSettings,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        cache = region.cache
+        budget = settings.stale_budget
+        # The last token is re-fed before decoding anyway, so it never counts against it.
+        if cache is None or budget < 0 or cache.stale_tokens <= max(budget, 1):
+            return
+        caches.stats.record_refresh(
+            cache.refresh_stale(chunk=REFRESH_CHUNK, should_stop=should_stop)
+        )
+        self._record_state(caches, region)
+
+    def _record_state(self, caches: DocumentCaches, region: PromptRegion) -> None:
+        stats = caches.stats
+        stats.regions = len(caches.regions)
+        stats.tokens_cached = sum(len(r.cache) for r in caches.regions if r.cache is not None)
+        stats.cache_bytes = caches.nbytes()
+        if region.cache is not None:
+            stats.stale_tokens = region.cache.stale_tokens
+            stats.exact_tokens = region.cache.exact_tokens
 
     def _decode(
         self,
-        session: _CacheSession,
+        region: PromptRegion,
         context: CursorContext,
         settings: CompletionSettings,
         should_stop: Callable[[], bool],
     ) -> tuple[str, int, str]:
         """(completion text, tokens generated, why decoding stopped)."""
-        cache = session.cache
+        cache = region.cache
         if cache is None or len(cache) == 0:
             return "", 0, "empty prompt"
         stopper = CompletionStopper(context)
@@ -416,22 +551,30 @@ class CompletionEngine:
     def _count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
-    def _enforce_memory_budget(self, *, keep: str, budget: int) -> None:
-        """Drop least recently used caches until all fit `budget` (the one in use stays)."""
+    def _enforce_memory_budget(self, *, keep: PromptRegion, budget: int) -> None:
+        """Drop least recently used region caches until all fit `budget` (the one in use
+        stays)."""
         with self._lock:
-            sessions = list(self._sessions.items())
-        total = sum(s.cache.nbytes() for _, s in sessions if s.cache is not None)
-        for uri, session in sessions:
+            documents = list(self._caches.items())
+        regions = [
+            (r.last_used, uri, caches, r) for uri, caches in documents for r in caches.regions
+        ]
+        total = sum(r.nbytes() for *_, r in regions)
+        for _, uri, caches, region in sorted(regions, key=lambda item: item[0]):
             if total <= budget:
                 break
-            if uri == keep or session.cache is None:
+            if region is keep or region.cache is None:
                 continue
-            total -= session.cache.nbytes()
-            session.drop_cache()
-            session.stats.evictions += 1
-            session.stats.tokens_cached = 0
-            session.stats.cache_bytes = 0
-            log.info("evicted the cache of %s to stay within %d bytes", uri, budget)
+            total -= region.nbytes()
+            caches.remove(region)
+            self.documents.forget_window(uri, region.id)
+            caches.stats.evictions += 1
+            caches.stats.regions = len(caches.regions)
+            caches.stats.tokens_cached = sum(
+                len(r.cache) for r in caches.regions if r.cache is not None
+            )
+            caches.stats.cache_bytes = caches.nbytes()
+            log.info("evicted a cached region of %s to stay within %d bytes", uri, budget)
 
 
 def _since(started: float) -> float:

@@ -1,12 +1,14 @@
 """Which part of a document goes into the prompt, and in which layout.
 
-The prompt is FIM in prefix-suffix-middle order when the model has FIM tokens:
+With FIM tokens the prompt has one of two layouts (the markers are token ids, never text):
 
-    FIM_PREFIX + left context + FIM_SUFFIX + right context + FIM_MIDDLE
+    psm:  FIM_PREFIX + left context + FIM_SUFFIX + right context + FIM_MIDDLE
+    spm:  FIM_SUFFIX + right context + FIM_PREFIX + left context + FIM_MIDDLE
 
-(the markers are token ids, never text) and the left context alone otherwise. The layout itself lives in the editable cache, so typing at
-the cursor is a mid-sequence insertion just before FIM_SUFFIX, which `pie` handles without
-re-encoding the right context.
+and it is the left context alone otherwise. The layout lives in the editable cache. Under psm,
+typing at the cursor inserts just before FIM_SUFFIX: `pie` needs no re-encoding of the right
+context, but the right context goes stale. Under spm, typing appends to the end of the left
+context, right before FIM_MIDDLE, so nothing but that marker goes stale.
 
 Long documents only show a window around the cursor. Its edges sit at line boundaries and are
 sticky: they follow the text through edits like editor marks and move only when the cursor gets
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from cache_engine.text.text_change import TextChange
 
 if TYPE_CHECKING:
     from cache_engine.model.loading import FimTokens
+
+FimLayout = Literal["psm", "spm"]
 
 # A freshly placed window fills only this share of the token budget, so typing has room to grow
 # the prompt before the window must move again.
@@ -117,11 +121,39 @@ class PromptText:
     left: str
     right: str | None  # None: plain left-context prompt
 
-    def render(self, fim: FimTokens | None) -> str:
+    def render(self, fim: FimTokens | None, layout: FimLayout = "psm") -> str:
         """The prompt as one string, for logs and tests."""
         if fim is None or self.right is None:
             return self.left
+        if layout == "spm":
+            return fim.suffix + self.right + fim.prefix + self.left + fim.middle
         return fim.prefix + self.left + fim.suffix + self.right + fim.middle
+
+
+@dataclass(frozen=True)
+class FimMarkers:
+    """The FIM marker token ids."""
+
+    prefix: int
+    suffix: int
+    middle: int
+
+
+def assemble(
+    layout: FimLayout, markers: FimMarkers, left_ids: list[int], right_ids: list[int]
+) -> list[int]:
+    """The prompt's token ids in `layout`."""
+    if layout == "spm":
+        return [markers.suffix, *right_ids, markers.prefix, *left_ids, markers.middle]
+    return [markers.prefix, *left_ids, markers.suffix, *right_ids, markers.middle]
+
+
+def part_starts(layout: FimLayout, left_tokens: int, right_tokens: int) -> tuple[int, int]:
+    """(index of the left part's first token, index of the right part's first token) in a
+    prompt assembled in `layout`."""
+    if layout == "spm":
+        return 2 + right_tokens, 1
+    return 1, 2 + left_tokens
 
 
 def prompt_text(text: str, cursor: int, window: ContextWindow, fim: bool) -> PromptText:

@@ -7,6 +7,11 @@ from typing import Literal, get_args
 
 EditStrategy = Literal["pie", "prefix", "full"]
 EDIT_STRATEGIES: tuple[str, ...] = get_args(EditStrategy)
+# psm: FIM_PREFIX left FIM_SUFFIX right FIM_MIDDLE; spm: FIM_SUFFIX right FIM_PREFIX left
+# FIM_MIDDLE, where typing at the cursor only appends to the left part; auto: spm for models
+# that declare it (`fim_layouts` in their config), psm otherwise.
+FimLayoutSetting = Literal["psm", "spm", "auto"]
+FIM_LAYOUTS: tuple[str, ...] = get_args(FimLayoutSetting)
 MIB = 2**20
 
 
@@ -25,6 +30,14 @@ class CompletionSettings:
     window_margin_lines: int = 8
     # All documents' KV caches together; least recently used ones are dropped beyond it.
     memory_budget_bytes: int = 256 * MIB
+    fim_layout: FimLayoutSetting = "auto"
+    # After each pie edit, recompute this many cached tokens that follow it (0: none).
+    refresh_after_edit: int = 0
+    # Before decoding, refresh the cache when more than this many tokens are stale; -1 never.
+    stale_budget: int = 0
+    # Prompt windows kept per document, so a trip of the cursor elsewhere and back re-encodes
+    # only what changed; 1 keeps a single window that follows the cursor.
+    max_regions: int = 4
 
     def __post_init__(self) -> None:
         if self.strategy not in EDIT_STRATEGIES:
@@ -35,6 +48,13 @@ class CompletionSettings:
         _check_int("max_prompt_tokens", self.max_prompt_tokens, 32, 1 << 20)
         _check_int("window_margin_lines", self.window_margin_lines, 0, 10_000)
         _check_int("memory_budget_bytes", self.memory_budget_bytes, 0, 1 << 50)
+        _check_int("refresh_after_edit", self.refresh_after_edit, 0, 1 << 20)
+        _check_int("stale_budget", self.stale_budget, -1, 1 << 20)
+        _check_int("max_regions", self.max_regions, 1, 64)
+        if self.fim_layout not in FIM_LAYOUTS:
+            raise SettingsError(
+                f"fim_layout {self.fim_layout!r} is not one of {', '.join(FIM_LAYOUTS)}"
+            )
         share = self.suffix_share
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 0.9:
             raise SettingsError(f"suffix_share must be a number in [0, 0.9], got {share!r}")

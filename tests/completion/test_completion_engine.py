@@ -6,6 +6,7 @@ import pytest
 
 from cache_engine.completion.documents import ForwardTyping
 from cache_engine.completion.engine import CompletionEngine
+from cache_engine.completion.prompt_layout import ContextWindow, assemble
 from cache_engine.completion.settings import CompletionSettings, SettingsError
 from cache_engine.text.text_change import DocumentError, TextChange, changed_span
 
@@ -23,12 +24,17 @@ def engine(loaded_random_model) -> CompletionEngine:
 
 def cached_prompt_is_consistent(engine: CompletionEngine, uri: str = URI) -> bool:
     """The cache holds exactly a fresh tokenization of its prompt, FIM markers as tokens."""
-    session = engine._sessions[uri]
-    assert session.cache is not None and session.prompt is not None
-    prefix, suffix, middle = engine._fim_ids
-    left = engine.tokenizer.encode(session.prompt.left)
-    right = engine.tokenizer.encode(session.prompt.right)
-    return session.cache.token_ids == [prefix, *left, suffix, *right, middle]
+    region = engine.active_region(uri)
+    assert region is not None and region.cache is not None and region.prompt is not None
+    left = engine.tokenizer.encode(region.prompt.left)
+    right = engine.tokenizer.encode(region.prompt.right)
+    return region.cache.token_ids == assemble(region.layout, engine._markers, left, right)
+
+
+def active_window(engine: CompletionEngine, uri: str = URI) -> ContextWindow:
+    region = engine.active_region(uri)
+    assert region is not None
+    return engine.documents.snapshot(uri).windows[region.id]
 
 
 def edit(engine: CompletionEngine, version: int, start: int, end: int, text: str) -> str:
@@ -69,8 +75,8 @@ def test_edits_above_and_below_the_cursor_sync_in_one_batch(engine) -> None:
     assert stats["last_edit_strategy"] == "pie"
     assert stats["last_edit"]["tokens_encoded"] < 20
     assert cached_prompt_is_consistent(engine)
-    assert "result = x + 18" in engine._sessions[URI].prompt.left
-    assert "# note" in engine._sessions[URI].prompt.right
+    assert "result = x + 18" in engine.active_region(URI).prompt.left
+    assert "# note" in engine.active_region(URI).prompt.right
 
 
 @pytest.mark.parametrize("strategy", ["prefix", "full"])
@@ -88,7 +94,7 @@ def test_strategy_comes_from_settings(engine, strategy: str) -> None:
 def test_nothing_generated_stays_in_the_cache(engine) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
     engine.complete(URI, 20)
-    session = engine._sessions[URI]
+    session = engine.active_region(URI)
     ids = session.cache.token_ids
     engine.complete(URI, 20)
     assert session.cache.token_ids == ids
@@ -98,13 +104,13 @@ def test_window_stays_put_while_typing(engine) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
     cursor = SOURCE.index("    value = x + 20") + 4
     engine.complete(URI, cursor)
-    window = engine.documents.snapshot(URI).window
+    window = active_window(engine)
     assert window is not None and window.start > 0 and window.end < len(SOURCE)
     for version, char in enumerate("abcd", start=2):
         edit(engine, version, cursor, cursor, char)
         cursor += 1
         engine.complete(URI, cursor)
-        moved = engine.documents.snapshot(URI).window
+        moved = active_window(engine)
         assert (moved.start, moved.end) == (window.start, window.end + version - 1)
         assert engine.stats(URI)[URI]["last_edit"]["tokens_encoded"] <= 3
 
@@ -112,11 +118,11 @@ def test_window_stays_put_while_typing(engine) -> None:
 def test_moving_far_moves_the_window_and_keeps_the_budget(engine) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
     engine.complete(URI, SOURCE.index("helper_5("))
-    first = engine.documents.snapshot(URI).window
+    first = active_window(engine)
     engine.complete(URI, SOURCE.index("helper_35("))
-    second = engine.documents.snapshot(URI).window
+    second = active_window(engine)
     assert second.start > first.end
-    assert engine.stats(URI)[URI]["tokens_cached"] <= 256
+    assert len(engine.active_region(URI).cache) <= 256
     assert cached_prompt_is_consistent(engine)
 
 
@@ -161,7 +167,7 @@ def test_memory_budget_evicts_least_recently_used(engine) -> None:
 def test_close_frees_the_cache(engine) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
     engine.complete(URI, 10)
-    cache = engine._sessions[URI].cache
+    cache = engine.active_region(URI).cache
     engine.close_document(URI)
     engine.release_closed()
     assert URI not in engine.stats()
@@ -230,7 +236,7 @@ def test_model_without_fim_tokens_gets_the_left_context(loaded_random_model) -> 
     engine.open_document(URI, SOURCE, 1, "python")
     cursor = SOURCE.index("    value = x + 20") + 4
     engine.complete(URI, cursor)
-    session = engine._sessions[URI]
+    session = engine.active_region(URI)
     assert session.prompt.right is None and SOURCE[:cursor].endswith(session.prompt.left)
     assert session.cache.token_ids == engine.tokenizer.encode(session.prompt.left)
     assert len(session.cache) <= 128

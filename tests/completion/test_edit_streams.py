@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from lsprotocol import types
 
 from cache_engine.completion.engine import CompletionEngine
+from cache_engine.completion.prompt_layout import assemble, part_starts
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.model.corpus import HELD_OUT_MODULES
@@ -125,47 +126,34 @@ def draw_change(data: st.DataObject, text: str) -> tuple[int, int, str, int]:
 
 
 def check_cache(engine: CompletionEngine, uri: str, text: str, cursor: int) -> None:
-    session = engine._sessions[uri]
+    region = engine.active_region(uri)
     snapshot = engine.documents.snapshot(uri)
     assert snapshot.text == text
-    assert session.cache is not None and session.prompt is not None and snapshot.window
-    window, prompt = snapshot.window, session.prompt
+    assert region is not None and region.cache is not None and region.prompt is not None
+    window, prompt = snapshot.windows[region.id], region.prompt
     assert prompt.left == text[window.start : cursor]
-    ids = session.cache.token_ids
+    ids = region.cache.token_ids
     tokenizer = engine.tokenizer
-    if engine._fim_ids is None:
+    if region.layout is None:
         assert prompt.right is None
         parts = [(prompt.left, ids)]
     else:
         assert prompt.right == text[cursor : window.end]
-        prefix, suffix, middle = engine._fim_ids
-        split = 1 + session.left_tokens
-        assert ids[0] == prefix and ids[split] == suffix and ids[-1] == middle
-        parts = [(prompt.left, ids[1:split]), (prompt.right, ids[split + 1 : -1])]
+        left_at, right_at = part_starts(region.layout, region.left_tokens, region.right_tokens)
+        left_ids = ids[left_at : left_at + region.left_tokens]
+        right_ids = ids[right_at : right_at + region.right_tokens]
+        assert ids == assemble(region.layout, engine._markers, left_ids, right_ids)
+        parts = [(prompt.left, left_ids), (prompt.right, right_ids)]
     for part, part_ids in parts:
         assert tokenizer.decode(part_ids) == part
         # verify() counts a mismatch in tokenizer.stats; the test asserts the count stays 0.
         tokenizer.verify(part, part_ids)
 
 
-def touched_only_the_end(old_ids: list[int], new_ids: list[int]) -> bool:
-    """Whether the change kept no cached token after it but the last one, which is re-fed
-    before predicting: then `pie` has nothing stale and must agree with `full`."""
-    prefix = 0
-    while prefix < min(len(old_ids), len(new_ids)) and old_ids[prefix] == new_ids[prefix]:
-        prefix += 1
-    suffix = 0
-    while (
-        suffix < min(len(old_ids), len(new_ids)) - prefix
-        and old_ids[-1 - suffix] == new_ids[-1 - suffix]
-    ):
-        suffix += 1
-    return bool(new_ids) and old_ids != new_ids and suffix <= 1
-
-
 def pie_matches_full(engine: CompletionEngine, uri: str) -> None:
-    cache = engine._sessions[uri].cache
-    assert cache is not None
+    region = engine.active_region(uri)
+    assert region is not None and region.cache is not None
+    cache = region.cache
     fresh = EditableCache(engine.loaded.model, strategy="full")
     fresh.reset(cache.token_ids)
     with torch.no_grad():
@@ -175,16 +163,21 @@ def pie_matches_full(engine: CompletionEngine, uri: str) -> None:
 
 
 def test_engine_follows_random_edit_streams(loaded_random_model) -> None:
-    # A small budget and margin make the window move and be re-placed often.
-    engine_settings = CompletionSettings(
-        max_new_tokens=1, max_prompt_tokens=192, window_margin_lines=2
+    # A small budget and margin make the window move and be re-placed often, and three
+    # regions a document make the cursor return to windows it left.
+    base = CompletionSettings(
+        max_new_tokens=1, max_prompt_tokens=192, window_margin_lines=2, max_regions=3
     )
-    fim_engine = CompletionEngine(loaded_random_model, engine_settings)
-    # Without FIM the prompt ends at the cursor, so typing there touches only the end.
-    plain_engine = CompletionEngine(replace(loaded_random_model, fim=None), engine_settings)
-    engines = (fim_engine, plain_engine)
+    engines = (
+        # Never refreshed before decoding: stale tokens pile up, a few refreshed after edits.
+        CompletionEngine(loaded_random_model, replace(base, stale_budget=-1, refresh_after_edit=4)),
+        # Refreshed before decoding whenever more than 8 tokens are stale.
+        CompletionEngine(loaded_random_model, replace(base, stale_budget=8, fim_layout="spm")),
+        # Without FIM the prompt ends at the cursor, so typing there touches only the end.
+        CompletionEngine(replace(loaded_random_model, fim=None), replace(base, stale_budget=-1)),
+    )
     mismatches_before = [e.tokenizer.stats.mismatches for e in engines]
-    counts = {"steps": 0, "streams": 0, "end_only": 0, "pie": 0}
+    counts = {"steps": 0, "streams": 0, "exact_checked": 0, "pie": 0, "returns": 0}
 
     @settings(
         max_examples=math.ceil(ENGINE_STEPS / STEPS_PER_STREAM),
@@ -198,35 +191,32 @@ def test_engine_follows_random_edit_streams(loaded_random_model) -> None:
     @given(document=documents(), data=st.data())
     def stream(document: str, data: st.DataObject) -> None:
         counts["streams"] += 1
-        engine = engines[data.draw(st.sampled_from((0, 0, 1)), label="engine")]
+        engine = engines[data.draw(st.sampled_from((0, 1, 2)), label="engine")]
         text = document
         engine.open_document(URI, text, 1, "python")
         engine.complete(URI, data.draw(st.integers(0, len(text))))
         for version in range(2, STEPS_PER_STREAM + 2):
             start, end, inserted, cursor = draw_change(data, text)
             text = engine.change_document(URI, version, [TextChange(start, end, inserted)])
-            session = engine._sessions[URI]
-            old_ids = session.cache.token_ids if session.cache is not None else []
             engine.complete(URI, cursor, version=version)
             check_cache(engine, URI, text, cursor)
-            last = session.stats.last_edit
-            if last is not None and last.strategy == "pie":
+            stats = engine.stats(URI)[URI]
+            if stats["last_edit_strategy"] == "pie":
                 counts["pie"] += 1
-                # With FIM the <fim_suffix> marker is reused after any change to the left part,
-                # so only the plain prompt has changes that touch nothing but its end.
-                if engine is plain_engine and touched_only_the_end(
-                    old_ids, session.cache.token_ids
-                ):
-                    counts["end_only"] += 1
-                    pie_matches_full(engine, URI)
+            # Whenever the cache says nothing is stale, pie must agree with full exactly.
+            cache = engine.active_region(URI).cache
+            if len(cache) and cache.stale_tokens == 0:
+                counts["exact_checked"] += 1
+                pie_matches_full(engine, URI)
             counts["steps"] += 1
+        counts["returns"] += int(engine.stats(URI)[URI]["region_returns"])
 
     stream()
     print(f"\nengine edit steps: {counts}")
     assert [e.tokenizer.stats.mismatches for e in engines] == mismatches_before
     assert counts["steps"] >= ENGINE_STEPS
     assert counts["pie"] > counts["steps"] // 2
-    assert counts["end_only"] >= 10
+    assert counts["exact_checked"] >= counts["steps"] // 4
 
 
 # ---- through the server ----------------------------------------------------------------------

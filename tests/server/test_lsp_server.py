@@ -112,7 +112,7 @@ async def test_cancel_request_stops_the_work(client: LanguageClient) -> None:
         types.DidChangeConfigurationParams(settings={"pieLsp": {"debounceMs": 500}})
     )
     before = (await stats(client))["settings"]
-    assert before["debounce_ms"] == 500
+    assert before["debounceMs"] == 500
     future = asyncio.ensure_future(
         client.protocol.send_request_async(
             types.TEXT_DOCUMENT_INLINE_COMPLETION,
@@ -127,7 +127,7 @@ async def test_cancel_request_stops_the_work(client: LanguageClient) -> None:
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"pieLsp": {"debounceMs": 0}})
     )
-    assert (await stats(client))["settings"]["debounce_ms"] == 0
+    assert (await stats(client))["settings"]["debounceMs"] == 0
     # The cancelled request never reached the model.
     assert (await stats(client, uri))["documents"].get(uri, {}).get("completions", 0) == 0
 
@@ -264,3 +264,32 @@ async def test_typing_what_was_predicted_is_served_without_the_model(
     assert after["forward_typing_hits"] == before["forward_typing_hits"] + 1
     assert after["completions"] == before["completions"]
     assert after["cache_syncs"] == before["cache_syncs"]
+
+
+async def test_idle_refresh_makes_the_cache_exact_after_a_pause(client: LanguageClient) -> None:
+    uri = "file:///work/idle.py"
+    open_document(client, uri, SOURCE)
+    # No refresh before decoding, so only the idle refresh can make the cache exact.
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(
+            settings={"pieLsp": {"staleBudget": -1, "fimLayout": "psm", "idleRefreshMs": 50}}
+        )
+    )
+    try:
+        await inline(client, uri, CURSOR_LINE, 4)
+        change(client, uri, 2, (CURSOR_LINE, 4), (CURSOR_LINE, 4), "x")
+        await inline(client, uri, CURSOR_LINE, 5)
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            document = (await stats(client, uri))["documents"][uri]
+            if document["refreshes"] >= 1 and document["stale_tokens"] == 0:
+                break
+            assert asyncio.get_running_loop().time() < deadline, document
+            await asyncio.sleep(0.05)
+        assert document["tokens_refreshed_total"] > 0
+    finally:
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(
+                settings={"pieLsp": {"staleBudget": 0, "fimLayout": "auto", "idleRefreshMs": 400}}
+            )
+        )

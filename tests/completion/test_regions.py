@@ -1,0 +1,195 @@
+"""Cached regions, refresh policies and the SPM layout, through the completion engine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cache_engine.completion.engine import CompletionEngine
+from cache_engine.completion.settings import CompletionSettings, SettingsError
+from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.text.text_change import TextChange
+from tests.completion.test_completion_engine import SOURCE, URI, cached_prompt_is_consistent
+
+SETTINGS = CompletionSettings(max_new_tokens=4, max_prompt_tokens=256, window_margin_lines=3)
+
+
+def engine_with(loaded, **changes: object) -> CompletionEngine:
+    return CompletionEngine(loaded, replace(SETTINGS, **changes))
+
+
+def logits_gap(engine: CompletionEngine, uri: str = URI) -> float:
+    region = engine.active_region(uri)
+    assert region is not None and region.cache is not None
+    fresh = EditableCache(engine.loaded.model, strategy="full")
+    fresh.reset(region.cache.token_ids)
+    with torch.no_grad():
+        return float((region.cache.next_token_logits() - fresh.next_token_logits()).abs().max())
+
+
+def far_trip(engine: CompletionEngine) -> tuple[int, dict[str, object]]:
+    """Complete near the bottom, type a comment near the top with a completion after every
+    keystroke, come back; returns (cursor back at the bottom, stats of the return)."""
+    engine.open_document(URI, SOURCE, 1, "python")
+    bottom = SOURCE.index("helper_35(")
+    engine.complete(URI, bottom)
+    top = SOURCE.index("def area")
+    version = 1
+    for char in "# a note\n":
+        version += 1
+        engine.change_document(URI, version, [TextChange(top, top, char)])
+        top += 1
+        bottom += 1
+        engine.complete(URI, top)
+    engine.complete(URI, bottom)
+    return bottom, engine.stats(URI)[URI]
+
+
+def test_a_trip_to_the_top_and_back_reencodes_almost_nothing(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model)
+    _, stats = far_trip(engine)
+    assert stats["regions"] == 2
+    assert stats["region_returns"] == 1
+    region = engine.active_region(URI)
+    assert stats["last_edit"]["tokens_encoded"] <= 0.1 * len(region.cache)
+    assert cached_prompt_is_consistent(engine)
+
+
+def test_one_region_reencodes_on_return(loaded_random_model) -> None:
+    """The oracle: without regions the return re-encodes most of the prompt."""
+    engine = engine_with(loaded_random_model, max_regions=1)
+    _, stats = far_trip(engine)
+    assert stats["regions"] == 1
+    assert stats["last_edit"]["tokens_encoded"] > 0.5 * len(engine.active_region(URI).cache)
+
+
+def test_regions_stay_within_the_memory_budget(loaded_random_model) -> None:
+    probe = engine_with(loaded_random_model)
+    probe.open_document(URI, SOURCE, 1, "python")
+    probe.complete(URI, SOURCE.index("helper_2("))
+    one_region = probe.stats(URI)[URI]["cache_bytes"]
+    budget = int(2.5 * one_region)
+    engine = engine_with(loaded_random_model, memory_budget_bytes=budget)
+    engine.open_document(URI, SOURCE, 1, "python")
+    for name in ("helper_2(", "helper_14(", "helper_26(", "helper_38("):
+        engine.complete(URI, SOURCE.index(name))
+    stats = engine.stats(URI)[URI]
+    assert stats["cache_bytes"] <= budget
+    assert stats["regions"] == 2
+    assert stats["evictions"] >= 1
+    # An evicted region is encoded again, correctly, when the cursor comes back.
+    engine.complete(URI, SOURCE.index("helper_2("))
+    assert cached_prompt_is_consistent(engine)
+
+
+def test_max_regions_drops_the_least_recently_used(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, max_regions=2)
+    engine.open_document(URI, SOURCE, 1, "python")
+    for name in ("helper_2(", "helper_20(", "helper_38("):
+        engine.complete(URI, SOURCE.index(name))
+    assert engine.stats(URI)[URI]["regions"] == 2
+    windows = engine.documents.snapshot(URI).windows
+    assert len(windows) == 2
+    assert all(w.start > SOURCE.index("helper_2(") for w in windows.values())
+
+
+def test_stale_budget_zero_decodes_from_an_exact_cache(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, stale_budget=0)
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    for version, char in enumerate("abc", start=2):
+        engine.change_document(URI, version, [TextChange(cursor, cursor, char)])
+        cursor += 1
+        engine.complete(URI, cursor)
+        assert engine.active_region(URI).cache.stale_tokens == 0
+        assert logits_gap(engine) <= 1e-4
+    assert engine.stats(URI)[URI]["tokens_refreshed_total"] > 0
+
+
+def test_without_refresh_typing_leaves_the_right_context_stale(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="psm")
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    engine.change_document(URI, 2, [TextChange(cursor, cursor, "a")])
+    engine.complete(URI, cursor + 1)
+    region = engine.active_region(URI)
+    assert region.cache.stale_tokens >= region.right_tokens
+    assert logits_gap(engine) > 1e-3
+
+
+def test_idle_prepare_makes_the_cache_exact(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="psm")
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    engine.change_document(URI, 2, [TextChange(0, 0, "# top\n")])
+    engine.change_document(URI, 3, [TextChange(cursor + 6, cursor + 6, "ab")])
+    assert engine.prepare(URI, cursor + 8)
+    assert engine.stats(URI)[URI]["stale_tokens"] == 0
+    assert logits_gap(engine) <= 1e-4
+
+
+def test_a_stopped_prepare_leaves_a_consistent_cache(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="psm")
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    engine.change_document(URI, 2, [TextChange(cursor, cursor, "a")])
+    assert not engine.prepare(URI, cursor + 1, should_stop=lambda: True)
+    assert cached_prompt_is_consistent(engine)
+    assert engine.active_region(URI).cache.stale_tokens > 0
+    engine.complete(URI, cursor + 1)
+    assert cached_prompt_is_consistent(engine)
+
+
+def test_refresh_after_edit_recomputes_the_tokens_after_it(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, stale_budget=-1, refresh_after_edit=8)
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    engine.change_document(URI, 2, [TextChange(cursor, cursor, "a")])
+    engine.complete(URI, cursor + 1)
+    stats = engine.stats(URI)[URI]
+    assert stats["tokens_refreshed_total"] >= 8
+    region = engine.active_region(URI)
+    assert region.cache.stale_tokens <= region.right_tokens + 2 - 8
+
+
+def test_spm_keeps_typing_exact_without_refresh(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="spm")
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + 4
+    engine.complete(URI, cursor)
+    region = engine.active_region(URI)
+    assert region.layout == "spm"
+    suffix, prefix = engine._markers.suffix, engine._markers.prefix
+    assert region.cache.token_ids[0] == suffix
+    assert region.cache.token_ids[1 + region.right_tokens] == prefix
+    for version, char in enumerate("abcd", start=2):
+        engine.change_document(URI, version, [TextChange(cursor, cursor, char)])
+        cursor += 1
+        engine.complete(URI, cursor)
+        assert cached_prompt_is_consistent(engine)
+        assert logits_gap(engine) <= 1e-4
+        assert engine.stats(URI)[URI]["tokens_refreshed_total"] == 0
+
+
+def test_fim_layout_auto_follows_the_model(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model)
+    assert engine.fim_layout() == "psm"
+    engine.model_fim_layouts = ("psm", "spm")
+    assert engine.fim_layout() == "spm"
+    assert engine.fim_layout(replace(SETTINGS, fim_layout="psm")) == "psm"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("fim_layout", "pms"), ("stale_budget", -2), ("max_regions", 0), ("refresh_after_edit", -1)],
+)
+def test_bad_new_settings_name_the_value(name: str, value: object) -> None:
+    with pytest.raises(SettingsError, match=name):
+        replace(SETTINGS, **{name: value})
