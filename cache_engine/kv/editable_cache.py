@@ -523,7 +523,7 @@ class EditableCache:
             output = self.model(
                 input_ids=torch.tensor([ids], device=self.device),
                 position_ids=positions[None],
-                past_key_values=self._hf_cache,
+                cache=self._hf_cache,
                 use_cache=True,
                 logits_to_keep=0 if all_logits else 1,
             )

@@ -201,7 +201,7 @@ def test_generate_matches_transformers_and_leaves_cache(llama):
         torch.tensor([ids]),
         max_new_tokens=20,
         do_sample=False,
-        past_key_values=DynamicCache(config=llama.config),
+        cache=DynamicCache(config=llama.config),
         eos_token_id=None,
         pad_token_id=0,
     )
