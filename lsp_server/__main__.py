@@ -94,11 +94,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.stdio and arguments.tcp:
         sys.exit("pie-lsp: --stdio and --tcp exclude each other; pass one of them")
     level = getattr(logging, arguments.log_level)
-    # stdout carries the protocol: the log goes to a file or stderr, never stdout.
-    destination = {"filename": arguments.log_file} if arguments.log_file else {"stream": sys.stderr}
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", **destination
-    )
+    # stdout carries the protocol, and editors show all of stderr as errors (Neovim's lsp.log
+    # marks every line [ERROR]): the log goes to --log-file and to the client as
+    # window/logMessage, and stderr gets only what goes wrong when there is no log file.
+    if arguments.log_file:
+        handler: logging.Handler = logging.FileHandler(arguments.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.ERROR)
+        # pygls reports a client that vanished mid-write as an error: nothing to fix here.
+        handler.addFilter(lambda record: record.name.startswith(("lsp_server", "cache_engine")))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    # Library warnings (deprecations and the like) become log records instead of stderr lines.
+    logging.captureWarnings(True)
     if level > logging.DEBUG:
         # pygls logs every message it sends at INFO: whole documents, on every change.
         logging.getLogger("pygls").setLevel(logging.WARNING)

@@ -14,7 +14,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
@@ -24,7 +24,7 @@ from pygls.protocol.language_server import lsp_method
 
 from cache_engine.completion.documents import DocumentStore
 from cache_engine.completion.settings import CompletionSettings, SettingsError
-from cache_engine.text.text_change import DocumentError, TextChange
+from cache_engine.text.text_change import DocumentError, TextChange, line_suffix
 from lsp_server.client_log import ClientLogHandler
 from lsp_server.inference import InferenceWorker
 from lsp_server.positions import LineIndex, PositionError, encoded_length
@@ -32,7 +32,7 @@ from lsp_server.settings import ServerSettings
 from lsp_server.wire_types import pie_converter
 
 if TYPE_CHECKING:
-    from cache_engine.completion.engine import CompletionEngine
+    from cache_engine.completion.engine import Completion, CompletionEngine
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,34 @@ class LaunchOptions:
     allow_pickle: bool = False
     # Records at this level and above also go to the client as window/logMessage.
     client_log_level: int = logging.INFO
+
+
+@dataclass
+class _Generation:
+    """A generation in flight and the requests waiting for it.
+
+    Requests share it: cancelling one of them only stops the generation when no other request
+    still waits for it.
+    """
+
+    flag: threading.Event
+    version: int
+    offset: int
+    task: asyncio.Future[Completion | None] = field(init=False)
+    decoding: bool = False  # past the debounce: the model is working on it
+    waiters: int = 0
+
+    async def join(self) -> Completion | None:
+        self.waiters += 1
+        try:
+            return await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if self.waiters == 1 and not self.task.done():
+                self.flag.set()
+                self.task.cancel()
+            raise
+        finally:
+            self.waiters -= 1
 
 
 class PieProtocol(LanguageServerProtocol):
@@ -112,6 +140,8 @@ class PieLanguageServer(LanguageServer):
         self._last_position: dict[str, types.Position] = {}
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
         self._idle_flags: dict[str, threading.Event] = {}
+        self._generations: dict[str, _Generation] = {}
+        self._request_counters: dict[str, dict[str, int]] = {}
 
     # ---- documents -----------------------------------------------------------------------
 
@@ -257,14 +287,17 @@ class PieLanguageServer(LanguageServer):
             )
         finally:
             if progress:
-                self.work_done_progress.end(
-                    token, types.WorkDoneProgressEnd(message=f"model {self.model_state}")
-                )
+                self._end_progress(token, f"model {self.model_state}")
 
     def _build_engine(self) -> CompletionEngine:
         # Imported here: torch and transformers take seconds, and `initialize` must not wait.
+        from transformers.utils import logging as transformers_logging
+
         from cache_engine.completion.engine import CompletionEngine
         from cache_engine.model.loading import load_model
+
+        # Its "Loading weights" bar would land on stderr, which editors show as errors.
+        transformers_logging.disable_progress_bar()
 
         options = self.options
         loaded = load_model(
@@ -280,6 +313,16 @@ class PieLanguageServer(LanguageServer):
             defaults = CompletionSettings(strategy=self.settings.completion.strategy)
             self.settings = replace(self.settings, completion=defaults)
             return CompletionEngine(loaded, defaults, self.documents)
+
+    def _end_progress(self, token: str, message: str) -> None:
+        # The client may have gone while the model loaded: its pipe is closed, and there is no
+        # one left to tell.
+        if self.protocol._shutdown or self.protocol.writer is None:
+            return
+        try:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+        except (OSError, ValueError) as error:
+            log.debug("progress end not sent, the client is gone: %r", error)
 
     async def _begin_progress(self, token: str, message: str) -> bool:
         window = self.client_capabilities.window
@@ -299,7 +342,12 @@ class PieLanguageServer(LanguageServer):
 
     async def complete(self, uri: str, position: types.Position) -> str | None:
         """The completion text at `position`, or None (no model, superseded, cancelled, bad
-        input)."""
+        input).
+
+        One generation serves every request that it can: a request at the same place and
+        version shares it (VS Code sends `completion` and `inlineCompletion` together), and a
+        request made while the user types along the place of a running generation waits for
+        it and is answered from its text, instead of throwing it away."""
         engine = self.engine
         if engine is None:
             log.debug("completion for %s before the model is ready (%s)", uri, self.model_state)
@@ -309,14 +357,47 @@ class PieLanguageServer(LanguageServer):
             return None
         self._cancel_idle_refresh(uri)
         self._last_position[uri] = position
-        flag = self.worker.begin(uri)
         try:
             snapshot = self.documents.snapshot(uri)
-            resolved = self.line_index(uri, snapshot.text).resolve(position)
-            typed = engine.typed_ahead(uri, resolved.offset, version=snapshot.version)
+            offset = self.line_index(uri, snapshot.text).resolve(position).offset
+            typed = engine.typed_ahead(uri, offset, version=snapshot.version)
             if typed is not None:
                 log.debug("completion %s in %s: typed ahead", _position_text(position), uri)
                 return typed.text
+            running = self._generations.get(uri)
+            if running is not None and not running.task.done():
+                if (running.version, running.offset) == (snapshot.version, offset):
+                    self._count(uri, "shared_generations")
+                    completion = await running.join()
+                    return completion.text or None if completion is not None else None
+                along = self.documents.typed_since(uri, running.version, running.offset)
+                # Still in its debounce, it is cheaper to start over at the new place.
+                if running.decoding and along and offset == running.offset + len(along):
+                    self._count(uri, "typed_along_generations")
+                    await running.join()
+                    snapshot = self.documents.snapshot(uri)
+                    typed = engine.typed_ahead(uri, offset, version=snapshot.version)
+                    if typed is not None:
+                        return typed.text
+        except PositionError as error:
+            # Editors ask for buffers that are not focused, or right after a change shortened
+            # the text: nothing to offer there, and nothing wrong.
+            log.debug("no completion at %s in %s: %s", _position_text(position), uri, error)
+            return None
+        except DocumentError as error:
+            log.error("completion at %s in %s: %s", _position_text(position), uri, error)
+            return None
+        generation = _Generation(self.worker.begin(uri), snapshot.version, offset)
+        generation.task = asyncio.ensure_future(self._generate(engine, uri, position, generation))
+        self._generations[uri] = generation
+        completion = await generation.join()
+        return completion.text or None if completion is not None else None
+
+    async def _generate(
+        self, engine: CompletionEngine, uri: str, position: types.Position, run: _Generation
+    ) -> Completion | None:
+        flag = run.flag
+        try:
             if self.settings.debounce_ms:
                 await asyncio.sleep(self.settings.debounce_ms / 1000)
             if flag.is_set():
@@ -325,6 +406,7 @@ class PieLanguageServer(LanguageServer):
             resolved = self.line_index(uri, snapshot.text).resolve(position)
             if resolved.inside_character:
                 log.warning("position %s splits a character in %s", _position_text(position), uri)
+            run.version, run.offset, run.decoding = snapshot.version, resolved.offset, True
             completion = await self.worker.generate(
                 uri,
                 flag,
@@ -337,7 +419,10 @@ class PieLanguageServer(LanguageServer):
         except asyncio.CancelledError:
             flag.set()
             raise
-        except (DocumentError, PositionError) as error:
+        except PositionError as error:
+            log.debug("no completion at %s in %s: %s", _position_text(position), uri, error)
+            return None
+        except DocumentError as error:
             log.error("completion at %s in %s: %s", _position_text(position), uri, error)
             return None
         except Exception:
@@ -345,6 +430,8 @@ class PieLanguageServer(LanguageServer):
             return None
         finally:
             self.worker.end(uri, flag)
+            if self._generations.get(uri) is run:
+                del self._generations[uri]
             self._schedule_idle_refresh(uri)
         log.debug(
             "completion %s in %s: %r (%s, %s, %d tokens, %.0f ms)",
@@ -356,7 +443,11 @@ class PieLanguageServer(LanguageServer):
             completion.tokens_generated,
             completion.seconds * 1000,
         )
-        return completion.text or None
+        return completion
+
+    def _count(self, uri: str, counter: str) -> None:
+        counters = self._request_counters.setdefault(uri, {})
+        counters[counter] = counters.get(counter, 0) + 1
 
     # ---- idle refresh --------------------------------------------------------------------
 
@@ -404,6 +495,15 @@ class PieLanguageServer(LanguageServer):
             if self._idle_flags.get(uri) is flag:
                 del self._idle_flags[uri]
 
+    def rest_of_line(self, uri: str, position: types.Position) -> str:
+        """The text after `position` on its line, without the line break."""
+        try:
+            snapshot = self.documents.snapshot(uri)
+            offset = self.line_index(uri, snapshot.text).offset(position)
+        except (DocumentError, PositionError):
+            return ""
+        return line_suffix(snapshot.text, offset)
+
     def word_before(self, uri: str, position: types.Position) -> str:
         """The identifier characters just before `position` (what a completion menu filters by)."""
         try:
@@ -436,6 +536,9 @@ class PieLanguageServer(LanguageServer):
                 continue
             values["version"] = snapshot.version
             values["max_pending_generations"] = self.worker.max_pending.get(key, 0)
+            values["shared_generations"] = 0
+            values["typed_along_generations"] = 0
+            values.update(self._request_counters.get(key, {}))
             values["chars"] = len(snapshot.text)
             # Lets a client check that the mirror holds exactly its text, without sending it.
             values["text_sha256"] = hashlib.sha256(snapshot.text.encode("utf-8")).hexdigest()
@@ -503,13 +606,21 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
     async def inline_completion(
         ls: PieLanguageServer, params: types.InlineCompletionParams
     ) -> list[types.InlineCompletionItem]:
-        position = params.position
-        text = await ls.complete(params.text_document.uri, position)
+        uri, position = params.text_document.uri, params.position
+        text = await ls.complete(uri, position)
         if not text:
             return []
+        # The item replaces the rest of the line with itself plus that rest, so an editor that
+        # overlays the item's range (Neovim) or inserts before the rest (VS Code) shows exactly
+        # what accepting it inserts; an empty range mid-line is drawn over the rest by Neovim.
+        rest = ls.rest_of_line(uri, position)
+        end = types.Position(
+            line=position.line,
+            character=position.character + encoded_length(rest, ls.position_encoding),
+        )
         return [
             types.InlineCompletionItem(
-                insert_text=text, range=types.Range(start=position, end=position)
+                insert_text=text + rest, range=types.Range(start=position, end=end)
             )
         ]
 

@@ -5,7 +5,8 @@ Clients send camelCase keys, either at the top level or under a "pieLsp" section
     {"pieLsp": {"strategy": "pie", "debounceMs": 50, "maxNewTokens": 64,
                 "maxPromptTokens": 1536, "suffixShare": 0.25, "windowMarginLines": 8,
                 "memoryBudgetMb": 256, "fimLayout": "auto", "refreshAfterEdit": 0,
-                "staleBudget": 0, "maxRegions": 4, "idleRefreshMs": 400}}
+                "staleBudget": 0, "maxRegions": 4, "midLine": "closing",
+                "idleRefreshMs": 400}}
 
 Keys left out keep their current value. Unknown keys and bad values reject the whole update.
 """
@@ -29,6 +30,7 @@ _COMPLETION_KEYS = {
     "refreshAfterEdit": "refresh_after_edit",
     "staleBudget": "stale_budget",
     "maxRegions": "max_regions",
+    "midLine": "mid_line",
 }
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from cache_engine.completion.prompt_layout import ContextWindow
 from cache_engine.text.text_change import DocumentError, TextChange
+
+# Versions of changes kept for `set_forward_typing` and `typed_since`.
+HISTORY_VERSIONS = 64
 
 # JSON can carry lone UTF-16 surrogates, which no UTF-8 encoder accepts. Replacing each with
 # U+FFFD keeps every offset where the client put it.
@@ -74,6 +78,11 @@ class _Document:
     language_id: str
     windows: dict[int, ContextWindow] = field(default_factory=dict)
     forward_typing: ForwardTyping | None = None
+    # The latest changes, by the version each produced: a completion that finishes after the
+    # user typed on can still be carried forward through them.
+    history: deque[tuple[int, tuple[TextChange, ...]]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY_VERSIONS)
+    )
 
     def snapshot(self, uri: str) -> DocumentSnapshot:
         return DocumentSnapshot(
@@ -95,7 +104,8 @@ class DocumentStore:
 
     def open(self, uri: str, text: str, version: int, language_id: str) -> None:
         with self._lock:
-            self._documents[uri] = _Document(_encodable(text), version, language_id)
+            document = self._documents[uri] = _Document(_encodable(text), version, language_id)
+            document.history.append((version, ()))
 
     def close(self, uri: str) -> None:
         with self._lock:
@@ -117,6 +127,7 @@ class DocumentStore:
                 if forward is not None:
                     forward = forward.follow(change)
             document.text, document.windows, document.forward_typing = text, windows, forward
+            document.history.append((version, tuple(changes)))
             document.version = version
             return text
 
@@ -149,10 +160,50 @@ class DocumentStore:
                 document.windows.clear()
 
     def set_forward_typing(self, uri: str, version: int, state: ForwardTyping | None) -> None:
+        """Remember the completion shown at `version`. If the text has moved on since, the
+        state is carried through the changes made after it, when they are all still known."""
         with self._lock:
             document = self._documents.get(uri)
-            if document is not None and document.version == version:
+            if document is None:
+                return
+            if document.version == version:
                 document.forward_typing = state
+                return
+            later = self._changes_since(document, version)
+            if later is None or state is None:
+                return
+            for change in later:
+                state = state.follow(change)
+                if state is None:
+                    return
+            document.forward_typing = state
+
+    def typed_since(self, uri: str, version: int, cursor: int) -> str | None:
+        """The text typed at `cursor` since `version`, when every change since was typing or
+        backspacing at the end of what was typed there; None otherwise."""
+        with self._lock:
+            document = self._documents.get(uri)
+            if document is None:
+                return None
+            later = self._changes_since(document, version)
+        if later is None:
+            return None
+        state: ForwardTyping | None = ForwardTyping(cursor, "")
+        for change in later:
+            state = state.follow(change) if state is not None else None
+        return state.typed if state is not None else None
+
+    @staticmethod
+    def _changes_since(document: _Document, version: int) -> list[TextChange] | None:
+        """The changes made after `version`, or None when they are no longer all known."""
+        if document.version == version:
+            return []
+        history = list(document.history)
+        versions = [v for v, _ in history]
+        if version not in versions:
+            return None
+        index = versions.index(version)
+        return [change for _, changes in history[index + 1 :] for change in changes]
 
     def __contains__(self, uri: object) -> bool:
         with self._lock:

@@ -39,12 +39,16 @@ from cache_engine.completion.prompt_layout import (
 )
 from cache_engine.completion.regions import DocumentCaches, PromptRegion
 from cache_engine.completion.settings import CompletionSettings, SettingsError
-from cache_engine.completion.stop_rules import CompletionStopper, CursorContext
+from cache_engine.completion.stop_rules import (
+    CompletionStopper,
+    CursorContext,
+    offers_completion_before,
+)
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 from cache_engine.model.loading import LoadedModel
 from cache_engine.text.incremental_tokenizer import IncrementalTokenizer
-from cache_engine.text.text_change import DocumentError, TextChange, changed_span
+from cache_engine.text.text_change import DocumentError, TextChange, changed_span, line_suffix
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +178,8 @@ class CompletionEngine:
         snapshot = self._snapshot_at(uri, cursor)
         if version is not None and snapshot.version != version:
             return Completion("", "none", f"document is at version {snapshot.version}")
+        if not self._offers_at(snapshot.text, cursor):
+            return Completion("", "none", "code after the cursor on its line")
         typed_ahead = self.typed_ahead(uri, cursor, version=snapshot.version)
         if typed_ahead is not None:
             return typed_ahead
@@ -196,7 +202,9 @@ class CompletionEngine:
                 region.drop_cache()
             raise
         if reason == "cancelled":
-            return Completion("", "none", reason, generated, _since(started))
+            if not text:
+                return Completion("", "none", reason, generated, _since(started))
+            reason = "stopped at a line boundary"
         # Line breaks stay "\n" whatever the file uses: clients convert them on insertion, and
         # Neovim would insert a "\r" literally.
         suggestion = ForwardTyping(cursor, text) if text else None
@@ -259,6 +267,8 @@ class CompletionEngine:
             return None
         forward = snapshot.forward_typing
         remainder = forward.remainder_at(cursor) if forward is not None else None
+        if remainder is not None and not self._offers_at(snapshot.text, cursor):
+            remainder = None
         if remainder is None:
             return None
         with self._lock:
@@ -280,6 +290,11 @@ class CompletionEngine:
         return caches.active if caches is not None else None
 
     # ---- internals -----------------------------------------------------------------------
+
+    def _offers_at(self, text: str, cursor: int) -> bool:
+        return self._settings.mid_line == "always" or offers_completion_before(
+            line_suffix(text, cursor)
+        )
 
     def _snapshot_at(self, uri: str, cursor: int) -> DocumentSnapshot:
         snapshot = self.documents.snapshot(uri)
@@ -546,7 +561,11 @@ class CompletionEngine:
             return True
 
         cache.generate(settings.max_new_tokens, on_token)
-        return stopper.finish(), len(ids), reason
+        kept = stopper.finish()
+        if reason == "cancelled":
+            # What is ready up to a line boundary still serves the user typing along it.
+            kept = kept[: kept.rfind("\n")] if "\n" in kept else ""
+        return kept, len(ids), reason
 
     def _count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))

@@ -12,6 +12,10 @@ EDIT_STRATEGIES: tuple[str, ...] = get_args(EditStrategy)
 # that declare it (`fim_layouts` in their config), psm otherwise.
 FimLayoutSetting = Literal["psm", "spm", "auto"]
 FIM_LAYOUTS: tuple[str, ...] = get_args(FimLayoutSetting)
+# Where code follows the cursor on its line: offer completions only when that code just
+# closes what the cursor is in (brackets, quotes, punctuation), or always.
+MidLine = Literal["closing", "always"]
+MID_LINE: tuple[str, ...] = get_args(MidLine)
 MIB = 2**20
 
 
@@ -38,6 +42,7 @@ class CompletionSettings:
     # Prompt windows kept per document, so a trip of the cursor elsewhere and back re-encodes
     # only what changed; 1 keeps a single window that follows the cursor.
     max_regions: int = 4
+    mid_line: MidLine = "closing"
 
     def __post_init__(self) -> None:
         if self.strategy not in EDIT_STRATEGIES:
@@ -51,6 +56,8 @@ class CompletionSettings:
         _check_int("refresh_after_edit", self.refresh_after_edit, 0, 1 << 20)
         _check_int("stale_budget", self.stale_budget, -1, 1 << 20)
         _check_int("max_regions", self.max_regions, 1, 64)
+        if self.mid_line not in MID_LINE:
+            raise SettingsError(f"mid_line {self.mid_line!r} is not one of {', '.join(MID_LINE)}")
         if self.fim_layout not in FIM_LAYOUTS:
             raise SettingsError(
                 f"fim_layout {self.fim_layout!r} is not one of {', '.join(FIM_LAYOUTS)}"

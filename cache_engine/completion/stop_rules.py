@@ -10,6 +10,9 @@
 - Text that repeats what follows the cursor is trimmed, and so is a line that repeats the line
   before it: both are the usual ways a small model loops.
 - A completion that only repeats what follows the cursor, or is blank, is dropped.
+- Mid-line, nothing is offered unless the rest of the line only closes what the cursor is in
+  (brackets, quotes, punctuation): editors draw and insert a suggestion before that rest, and
+  text that ignores real code after the cursor reads and lands as junk.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ CONTINUATION_KEYWORDS = ("else", "elif", "except", "finally", "catch")
 SUFFIX_CHARS = 4000
 SYNTAX_PREFIX_CHARS = 60_000
 LINE_COMMENT = {"python": "#", "shellscript": "#", "ruby": "#", "r": "#", "yaml": "#"}
+
+
+# What may follow the cursor on its line for a completion to be offered there.
+MID_LINE_CLOSERS = frozenset(")]}>\"'`,;: \t")
+
+
+def offers_completion_before(line_suffix: str) -> bool:
+    """Whether a completion is offered with `line_suffix` after the cursor on its line."""
+    return all(char in MID_LINE_CLOSERS for char in line_suffix)
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,10 @@ def _common_length(a: str, b: str, *, from_end: bool) -> int:
         else:
             high = middle - 1
     return low
+
+
+def line_suffix(text: str, cursor: int) -> str:
+    """The text after `cursor` on its line, without the line break: what an inline item keeps
+    after its insertion."""
+    end = text.find("\n", cursor)
+    return text[cursor : len(text) if end < 0 else end].rstrip("\r")

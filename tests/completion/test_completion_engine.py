@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from cache_engine.completion.documents import ForwardTyping
@@ -18,7 +20,9 @@ SOURCE = "import os\n\n\ndef area(width, height):\n    return width * height\n\n
 
 @pytest.fixture
 def engine(loaded_random_model) -> CompletionEngine:
-    settings = CompletionSettings(max_new_tokens=8, max_prompt_tokens=256, window_margin_lines=3)
+    settings = CompletionSettings(
+        max_new_tokens=8, max_prompt_tokens=256, window_margin_lines=3, mid_line="always"
+    )
     return CompletionEngine(loaded_random_model, settings)
 
 
@@ -43,7 +47,7 @@ def edit(engine: CompletionEngine, version: int, start: int, end: int, text: str
 
 def test_first_completion_encodes_then_typing_is_a_small_pie_edit(engine) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     first = engine.complete(URI, cursor)
     assert first.source in ("model", "none") and first.tokens_generated > 0
     stats = engine.stats(URI)[URI]
@@ -60,7 +64,7 @@ def test_first_completion_encodes_then_typing_is_a_small_pie_edit(engine) -> Non
 
 def test_edits_above_and_below_the_cursor_sync_in_one_batch(engine) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     text = SOURCE
     above = text.index("value = x + 18")
@@ -82,9 +86,11 @@ def test_edits_above_and_below_the_cursor_sync_in_one_batch(engine) -> None:
 @pytest.mark.parametrize("strategy", ["prefix", "full"])
 def test_strategy_comes_from_settings(engine, strategy: str) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
-    engine.update_settings(CompletionSettings(strategy=strategy, max_prompt_tokens=256))
+    engine.update_settings(
+        CompletionSettings(strategy=strategy, max_prompt_tokens=256, mid_line="always")
+    )
     edit(engine, 2, cursor, cursor, "x")
     engine.complete(URI, cursor + 1)
     assert engine.stats(URI)[URI]["last_edit_strategy"] == strategy
@@ -102,7 +108,7 @@ def test_nothing_generated_stays_in_the_cache(engine) -> None:
 
 def test_window_stays_put_while_typing(engine) -> None:
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     window = active_window(engine)
     assert window is not None and window.start > 0 and window.end < len(SOURCE)
@@ -234,7 +240,7 @@ def test_model_without_fim_tokens_gets_the_left_context(loaded_random_model) -> 
     plain = replace(loaded_random_model, fim=None)
     engine = CompletionEngine(plain, CompletionSettings(max_new_tokens=4, max_prompt_tokens=128))
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     session = engine.active_region(URI)
     assert session.prompt.right is None and SOURCE[:cursor].endswith(session.prompt.left)
@@ -249,3 +255,17 @@ def test_model_without_fim_tokens_gets_the_left_context(loaded_random_model) -> 
     engine.complete(URI, next_line)  # moving down in a plain prompt is an append
     stats = engine.stats(URI)[URI]
     assert stats["last_edit_strategy"] == "pie" and stats["last_edit"]["tokens_reused"] > 50
+
+
+def test_mid_line_completions_only_before_closing_text(loaded_random_model) -> None:
+    engine = CompletionEngine(loaded_random_model, CompletionSettings(max_new_tokens=4))
+    text = "def f(values):\n    return max(values)\n    total = sum()\n"
+    engine.open_document(URI, text, 1, "python")
+    before_code = text.index("max(") + len("max(")
+    result = engine.complete(URI, before_code)
+    assert (result.text, result.reason) == ("", "code after the cursor on its line")
+    assert engine.active_region(URI) is None  # nothing was encoded for it
+    before_closer = text.index("sum(") + len("sum(")
+    assert engine.complete(URI, before_closer).reason != "code after the cursor on its line"
+    engine.update_settings(replace(engine.settings, mid_line="always"))
+    assert engine.complete(URI, before_code).reason != "code after the cursor on its line"

@@ -166,7 +166,11 @@ def test_engine_follows_random_edit_streams(loaded_random_model) -> None:
     # A small budget and margin make the window move and be re-placed often, and three
     # regions a document make the cursor return to windows it left.
     base = CompletionSettings(
-        max_new_tokens=1, max_prompt_tokens=192, window_margin_lines=2, max_regions=3
+        max_new_tokens=1,
+        max_prompt_tokens=192,
+        window_margin_lines=2,
+        max_regions=3,
+        mid_line="always",
     )
     engines = (
         # Never refreshed before decoding: stale tokens pile up, a few refreshed after edits.
@@ -254,7 +258,12 @@ async def test_server_mirror_follows_random_edit_streams(tiny_model_dir) -> None
         # VS Code offers only UTF-16 positions (Neovim's capabilities make pygls pick UTF-8).
         client="visual_studio_code",
         initialization_options={
-            "pieLsp": {"debounceMs": 0, "maxNewTokens": 2, "maxPromptTokens": 192}
+            "pieLsp": {
+                "debounceMs": 0,
+                "maxNewTokens": 2,
+                "maxPromptTokens": 192,
+                "midLine": "always",
+            }
         },
     )
     try:

@@ -13,7 +13,9 @@ from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.text.text_change import TextChange
 from tests.completion.test_completion_engine import SOURCE, URI, cached_prompt_is_consistent
 
-SETTINGS = CompletionSettings(max_new_tokens=4, max_prompt_tokens=256, window_margin_lines=3)
+SETTINGS = CompletionSettings(
+    max_new_tokens=4, max_prompt_tokens=256, window_margin_lines=3, mid_line="always"
+)
 
 
 def engine_with(loaded, **changes: object) -> CompletionEngine:
@@ -98,7 +100,7 @@ def test_max_regions_drops_the_least_recently_used(loaded_random_model) -> None:
 def test_stale_budget_zero_decodes_from_an_exact_cache(loaded_random_model) -> None:
     engine = engine_with(loaded_random_model, stale_budget=0)
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     for version, char in enumerate("abc", start=2):
         engine.change_document(URI, version, [TextChange(cursor, cursor, char)])
@@ -112,7 +114,7 @@ def test_stale_budget_zero_decodes_from_an_exact_cache(loaded_random_model) -> N
 def test_without_refresh_typing_leaves_the_right_context_stale(loaded_random_model) -> None:
     engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="psm")
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     engine.change_document(URI, 2, [TextChange(cursor, cursor, "a")])
     engine.complete(URI, cursor + 1)
@@ -124,7 +126,7 @@ def test_without_refresh_typing_leaves_the_right_context_stale(loaded_random_mod
 def test_idle_prepare_makes_the_cache_exact(loaded_random_model) -> None:
     engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="psm")
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     engine.change_document(URI, 2, [TextChange(0, 0, "# top\n")])
     engine.change_document(URI, 3, [TextChange(cursor + 6, cursor + 6, "ab")])
@@ -136,7 +138,7 @@ def test_idle_prepare_makes_the_cache_exact(loaded_random_model) -> None:
 def test_a_stopped_prepare_leaves_a_consistent_cache(loaded_random_model) -> None:
     engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="psm")
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     engine.change_document(URI, 2, [TextChange(cursor, cursor, "a")])
     assert not engine.prepare(URI, cursor + 1, should_stop=lambda: True)
@@ -149,7 +151,7 @@ def test_a_stopped_prepare_leaves_a_consistent_cache(loaded_random_model) -> Non
 def test_refresh_after_edit_recomputes_the_tokens_after_it(loaded_random_model) -> None:
     engine = engine_with(loaded_random_model, stale_budget=-1, refresh_after_edit=8)
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     engine.change_document(URI, 2, [TextChange(cursor, cursor, "a")])
     engine.complete(URI, cursor + 1)
@@ -162,7 +164,7 @@ def test_refresh_after_edit_recomputes_the_tokens_after_it(loaded_random_model) 
 def test_spm_keeps_typing_exact_without_refresh(loaded_random_model) -> None:
     engine = engine_with(loaded_random_model, stale_budget=-1, fim_layout="spm")
     engine.open_document(URI, SOURCE, 1, "python")
-    cursor = SOURCE.index("    value = x + 20") + 4
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     region = engine.active_region(URI)
     assert region.layout == "spm"

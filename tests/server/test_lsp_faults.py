@@ -30,7 +30,7 @@ TEXT = "".join(f"def f_{i}(x):\n    return x + {i}\n\n" for i in range(50))
 class Server:
     """pie-lsp spoken to in hand-written Content-Length frames."""
 
-    def __init__(self, process: asyncio.subprocess.Process, log_file: Path):
+    def __init__(self, process: asyncio.subprocess.Process, log_file: Path | None):
         self.process = process
         self.log_file = log_file
 
@@ -38,11 +38,12 @@ class Server:
     async def start(
         cls,
         model: Path,
-        log_file: Path,
+        log_file: Path | None,
         *,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         arguments: tuple[str, ...] = (),
+        stderr: int = asyncio.subprocess.DEVNULL,
     ) -> Server:
         if env is None:
             env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -52,12 +53,11 @@ class Server:
             "lsp_server",
             "--model",
             str(model),
-            "--log-file",
-            str(log_file),
+            *(("--log-file", str(log_file)) if log_file is not None else ()),
             *arguments,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
             env=env,
             cwd=cwd,
         )
@@ -103,7 +103,8 @@ class Server:
         return answer["result"]
 
     async def initialize(self, max_new_tokens: int = 16) -> None:
-        options = {"pieLsp": {"debounceMs": 0, "maxNewTokens": max_new_tokens}}
+        # Completions at line starts before code: the mid-line policy is not what is tested.
+        options = {"pieLsp": {"debounceMs": 0, "maxNewTokens": max_new_tokens, "midLine": "always"}}
         params = {"processId": None, "rootUri": None, "capabilities": {}}
         await self.request(1, "initialize", {**params, "initializationOptions": options})
         self.send({"method": "initialized", "params": {}})
@@ -241,3 +242,49 @@ def test_stdio_and_tcp_exclude_each_other() -> None:
     )
     assert completed.returncode == 1
     assert "--stdio and --tcp" in completed.stderr
+
+
+async def read_stderr(server: Server) -> str:
+    assert server.process.stderr is not None
+    return (await asyncio.wait_for(server.process.stderr.read(), GUARD)).decode()
+
+
+@pytest.mark.asyncio
+async def test_stderr_stays_empty_in_normal_operation(tiny_model_dir: Path) -> None:
+    """Editors show every stderr line as an error: no log, warnings or progress bars there."""
+    server = await Server.start(tiny_model_dir, None, stderr=asyncio.subprocess.PIPE)
+    try:
+        await server.initialize()
+        server.complete(2)
+        await server.wait_for(lambda m: m.get("id") == 2)
+        assert (await server.request(3, "shutdown"))["result"] is None
+        server.send({"method": "exit"})
+        assert await server.exit_code() == 0
+        assert await read_stderr(server) == ""
+    finally:
+        await server.kill()
+
+
+@pytest.mark.asyncio
+async def test_client_gone_while_the_model_loads_leaves_no_traceback(
+    tiny_model_dir: Path,
+) -> None:
+    server = await Server.start(tiny_model_dir, None, stderr=asyncio.subprocess.PIPE)
+    try:
+        capabilities = {"window": {"workDoneProgress": True}}
+        params = {"processId": None, "rootUri": None, "capabilities": capabilities}
+        server.send({"id": 1, "method": "initialize", "params": params})
+        server.send({"method": "initialized", "params": {}})
+        # Answer the progress-token request, so the load reports progress, then vanish.
+        message = await server.wait_for(
+            lambda m: m.get("method") == "window/workDoneProgress/create"
+        )
+        server.send({"id": message["id"], "result": None})
+        assert server.process.stdin is not None and server.process.stdout is not None
+        server.process.stdin.close()
+        server.process._transport.get_pipe_transport(1).close()  # the client stops reading
+        assert await server.exit_code() == 0
+        errors = await read_stderr(server)
+        assert "Traceback" not in errors and "Error" not in errors, errors
+    finally:
+        await server.kill()

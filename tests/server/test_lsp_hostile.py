@@ -29,7 +29,10 @@ async def guarded(awaitable: Awaitable[T]) -> T:
 async def client(tiny_model_dir):
     lsp_client = await start_server(
         ["--model", str(tiny_model_dir)],
-        initialization_options={"pieLsp": {"debounceMs": 0, "maxNewTokens": 8}},
+        # Completions at line starts before code: robustness, not the mid-line policy, is tested.
+        initialization_options={
+            "pieLsp": {"debounceMs": 0, "maxNewTokens": 8, "midLine": "always"}
+        },
     )
     assert (await wait_for_model(lsp_client))["modelState"] == "ready"
     yield lsp_client

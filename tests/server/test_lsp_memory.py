@@ -94,10 +94,14 @@ def fresh_completion(model: Path, text: str, offset: int) -> str:
     from cache_engine.completion.engine import CompletionEngine
     from cache_engine.completion.settings import CompletionSettings
     from cache_engine.model.loading import load_model
+    from cache_engine.text.text_change import line_suffix
 
-    engine = CompletionEngine(load_model(str(model)), CompletionSettings(max_new_tokens=16))
+    engine = CompletionEngine(
+        load_model(str(model)), CompletionSettings(max_new_tokens=16, mid_line="always")
+    )
     engine.open_document(uri(0), text, 1, "python")
-    return engine.complete(uri(0), offset).text
+    # The inline item keeps the rest of the cursor's line after the completion.
+    return engine.complete(uri(0), offset).text + line_suffix(text, offset)
 
 
 @pytest.mark.asyncio

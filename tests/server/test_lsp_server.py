@@ -141,7 +141,8 @@ async def test_newer_request_supersedes_the_one_in_flight(client: LanguageClient
     await stats(client)
     first = asyncio.ensure_future(inline(client, uri, CURSOR_LINE, 4))
     await asyncio.sleep(0.05)
-    second = asyncio.ensure_future(inline(client, uri, CURSOR_LINE, 4))
+    # Elsewhere (a request at the same place would share the first one's generation).
+    second = asyncio.ensure_future(inline(client, uri, CURSOR_LINE, 2))
     assert await first == []
     await second
     client.workspace_did_change_configuration(
@@ -293,3 +294,26 @@ async def test_idle_refresh_makes_the_cache_exact_after_a_pause(client: Language
                 settings={"pieLsp": {"staleBudget": 0, "fimLayout": "auto", "idleRefreshMs": 400}}
             )
         )
+
+
+async def test_completion_and_inline_requests_share_one_generation(
+    client: LanguageClient,
+) -> None:
+    """VS Code sends both at once on trigger characters: neither may cancel the other."""
+    uri = "file:///work/shared.py"
+    open_document(client, uri, SOURCE)
+    position = types.Position(line=CURSOR_LINE, character=4)
+    menu, ghost = await asyncio.gather(
+        client.text_document_completion_async(
+            types.CompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri), position=position
+            )
+        ),
+        client.text_document_inline_completion_async(inline_params(uri, CURSOR_LINE, 4)),
+    )
+    document = (await stats(client, uri))["documents"][uri]
+    assert document["completions"] == 1
+    assert document["shared_generations"] == 1
+    items = ghost.items if isinstance(ghost, types.InlineCompletionList) else ghost
+    if items:
+        assert menu.items and menu.items[0].text_edit.new_text.endswith(items[0].insert_text)

@@ -233,3 +233,125 @@ def test_ghost_text_while_typing_and_after_an_edit_far_above(nvim, tmp_path) -> 
     assert document["last_edit_strategy"] == "pie"
     assert document["last_edit"]["tokens_encoded"] < 0.2 * document["tokens_cached"]
     assert "# a comment far above" in buffer_text
+
+
+COUNT_REQUESTS = """
+local client = vim.lsp.get_clients({ name = 'pie_lsp', bufnr = 0 })[1]
+_G.pie_requests = {}
+local request = client.request
+client.request = function(self, method, params, handler, bufnr)
+  if method == 'textDocument/inlineCompletion' then
+    table.insert(_G.pie_requests, params.textDocument.uri)
+  end
+  return request(self, method, params, handler, bufnr)
+end
+"""
+
+
+def open_and_wait(nvim, path: Path) -> None:
+    nvim.command(f"edit {path}")
+    wait_until(
+        lambda: nvim.exec_lua("return #vim.lsp.get_clients({ name = 'pie_lsp', bufnr = 0 })", []),
+        60,
+        f"pie-lsp to attach to {path.name}",
+    )
+
+
+def wait_ready(nvim) -> None:
+    wait_until(
+        lambda: (nvim.exec_lua(STATS, []) or {}).get("modelState") == "ready",
+        120,
+        "the model to load",
+    )
+
+
+def displayed_line(nvim, ghost: dict) -> str:
+    """The cursor's line as the screen shows it: the ghost text overlays or is inserted."""
+    line = nvim.current.buffer[ghost["row"]]
+    col = ghost["col"]
+    overlay = nvim.exec_lua(
+        """
+        local ns = vim.api.nvim_get_namespaces()['nvim.lsp.inline_completion']
+        local mark = vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true })[1]
+        return mark[4].virt_text_pos
+        """,
+        [],
+    )
+    text = ghost["first"].encode()
+    raw = line.encode()
+    if overlay == "overlay":
+        shown = raw[:col] + text + raw[col + len(text) :]
+    else:
+        shown = raw[:col] + text + raw[col:]
+    return shown.decode()
+
+
+@pytest.mark.parametrize("nvim", ["default"], indirect=True)
+def test_mid_line_tab_inserts_what_is_shown(nvim, tmp_path) -> None:
+    path = tmp_path / "mid.py"
+    path.write_text("import os\n\n\ndef join(path, name):\n    return os.path.join()\n")
+    open_and_wait(nvim, path)
+    wait_ready(nvim)
+    nvim.exec_lua(RECORD_RESPONSES, [])
+    line = 5
+    column = nvim.current.buffer[line - 1].index("join(") + len("join(")
+    nvim.current.window.cursor = (line, column)
+    nvim.input("i")
+    nvim.input("pa")  # mid-line: only ")" follows the cursor
+    ghost = wait_until(lambda: nvim.exec_lua(GHOST_TEXT, []), 120, "ghost text mid-line")
+    shown = displayed_line(nvim, ghost)
+    assert shown.startswith("    return os.path.join(pa") and shown.endswith(")"), shown
+    nvim.input("<Tab>")
+    wait_until(lambda: nvim.current.buffer[line - 1] != "    return os.path.join(pa)", 30, "Tab")
+    assert nvim.current.buffer[line - 1] == shown
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_no_ghost_text_before_code_on_the_same_line(nvim, tmp_path) -> None:
+    path = tmp_path / "before_code.py"
+    path.write_text("def area(region):\n    return max(region)\n")
+    open_and_wait(nvim, path)
+    wait_ready(nvim)
+    nvim.exec_lua(RECORD_RESPONSES, [])
+    nvim.current.window.cursor = (2, len("    return "))
+    nvim.input("i")
+    nvim.input("x")
+    wait_until(lambda: nvim.exec_lua("return #_G.pie_received", []), 60, "an answer")
+    received = nvim.exec_lua("return _G.pie_received", [])
+    assert all(
+        not r["result"]
+        or not (r["result"].get("items") if isinstance(r["result"], dict) else r["result"])
+        for r in received
+    ), received
+    assert nvim.exec_lua(GHOST_TEXT, []) is None
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_six_buffers_send_one_request_per_keystroke(nvim, tmp_path) -> None:
+    paths = []
+    for index in range(6):
+        path = tmp_path / f"buffer_{index}.py"
+        path.write_text(SOURCE)
+        paths.append(path)
+        open_and_wait(nvim, path)
+    wait_ready(nvim)
+    nvim.exec_lua(COUNT_REQUESTS, [])
+    last_line = len(nvim.current.buffer)
+    nvim.current.window.cursor = (last_line, 4)
+    nvim.input("A")
+    keys = "value = os.path.join(a"  # 22 keystrokes
+    assert len(keys) == 22
+    for key in keys:
+        nvim.input(key)
+        time.sleep(0.25)  # slower than Neovim's 200 ms debounce: every key may send one
+    time.sleep(0.5)
+    requests = nvim.exec_lua("return _G.pie_requests", [])
+    current = nvim.exec_lua("return vim.uri_from_bufnr(0)", [])
+    assert 0 < len(requests) <= 22, len(requests)
+    assert set(requests) == {current}
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_ghost_text_highlight_has_terminal_colours(nvim, tmp_path) -> None:
+    highlight = nvim.exec_lua("return vim.api.nvim_get_hl(0, { name = 'ComplHint' })", [])
+    assert "ctermfg" in highlight and "fg" in highlight, highlight
