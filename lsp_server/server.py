@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 STATS_COMMAND = "pie-lsp.stats"
+# An inline item's command: the editor runs it when the user accepts the item.
+ACCEPTED_COMMAND = "pie-lsp.accepted"
+# Sent whenever the model's state changes, for clients that show it (the VS Code status bar).
+MODEL_STATE_NOTIFICATION = "pie-lsp/modelState"
+
 COMPLETION_TRIGGER_CHARACTERS = [".", "(", "[", ",", "="]
 LABEL_CHARS = 60
 
@@ -263,11 +268,11 @@ class PieLanguageServer(LanguageServer):
     async def _load_model(self) -> None:
         token = f"pie-lsp-load-{uuid.uuid4()}"
         progress = await self._begin_progress(token, f"loading model {self.options.model}")
-        self.model_state = "loading"
+        self._set_model_state("loading")
         try:
             engine = await self.worker.run(self._build_engine)
         except Exception as error:
-            self.model_state = f"failed: {error}"
+            self._set_model_state(f"failed: {error}")
             message = (
                 f"pie-lsp: cannot load model {self.options.model!r}: {error}. "
                 "Completions stay empty until the server is restarted with a working --model."
@@ -278,7 +283,7 @@ class PieLanguageServer(LanguageServer):
             )
         else:
             self.engine = engine
-            self.model_state = "ready"
+            self._set_model_state("ready")
             log.info(
                 "model %s ready (FIM: %s, strategy %s)",
                 engine.loaded.name,
@@ -288,6 +293,17 @@ class PieLanguageServer(LanguageServer):
         finally:
             if progress:
                 self._end_progress(token, f"model {self.model_state}")
+
+    def _set_model_state(self, state: str) -> None:
+        self.model_state = state
+        if self.protocol._shutdown or self.protocol.writer is None:
+            return
+        try:
+            self.protocol.notify(
+                MODEL_STATE_NOTIFICATION, {"state": state, "model": self.options.model}
+            )
+        except (OSError, ValueError) as error:
+            log.debug("model state not sent, the client is gone: %r", error)
 
     def _build_engine(self) -> CompletionEngine:
         # Imported here: torch and transformers take seconds, and `initialize` must not wait.
@@ -536,8 +552,14 @@ class PieLanguageServer(LanguageServer):
                 continue
             values["version"] = snapshot.version
             values["max_pending_generations"] = self.worker.max_pending.get(key, 0)
-            values["shared_generations"] = 0
-            values["typed_along_generations"] = 0
+            for counter in (
+                "shared_generations",
+                "typed_along_generations",
+                "suggestions_offered",
+                "suggestions_accepted",
+                "suggestions_partially_accepted",
+            ):
+                values[counter] = 0
             values.update(self._request_counters.get(key, {}))
             values["chars"] = len(snapshot.text)
             # Lets a client check that the mirror holds exactly its text, without sending it.
@@ -618,9 +640,16 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
             line=position.line,
             character=position.character + encoded_length(rest, ls.position_encoding),
         )
+        ls._count(uri, "suggestions_offered")
         return [
             types.InlineCompletionItem(
-                insert_text=text + rest, range=types.Range(start=position, end=end)
+                insert_text=text + rest,
+                range=types.Range(start=position, end=end),
+                command=types.Command(
+                    title="pie-lsp: suggestion accepted",
+                    command=ACCEPTED_COMMAND,
+                    arguments=[uri, len(text)],
+                ),
             )
         ]
 
@@ -658,6 +687,19 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
             ),
         )
         return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.command(ACCEPTED_COMMAND)
+    def accepted(ls: PieLanguageServer, *arguments: Any) -> None:
+        """Counts an accepted suggestion (local telemetry: it never leaves the machine)."""
+        if arguments and isinstance(arguments[0], str):
+            ls._count(arguments[0], "suggestions_accepted")
+
+    @server.feature("pie-lsp/didPartiallyAccept")
+    def partially_accepted(ls: PieLanguageServer, params: Any) -> None:
+        """A client that can tell (accept by word or line) reports a partial accept."""
+        uri = getattr(params, "uri", None)
+        if isinstance(uri, str):
+            ls._count(uri, "suggestions_partially_accepted")
 
     @server.command(STATS_COMMAND)
     def stats(ls: PieLanguageServer, *arguments: Any) -> dict[str, object]:

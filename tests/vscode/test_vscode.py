@@ -1,0 +1,249 @@
+"""The shipped extension in a real VS Code (code-server 4.139.1 = VS Code 1.139.1).
+
+The rig (node 24, code-server, Chromium, Playwright) comes from scripts/vscode-rig, which
+skips what is already installed; the extension is packaged with `npm run package` and
+installed from its .vsix; the only setting changed is the server's path. Each test types into
+real standard-library files and reads what the editor draws.
+
+    python -m pytest -m vscode              # just these
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.vscode.workbench import (
+    GUARD,
+    CodeServer,
+    Workbench,
+    install_rig,
+    package_extension,
+    squeeze,
+    wait_until,
+)
+
+pytestmark = pytest.mark.vscode
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+FILES = {
+    "decoder.py": "json/decoder.py",
+    "encoder.py": "json/encoder.py",
+    "textwrap.py": "textwrap.py",
+}
+
+
+def server_settings(log: Path, extra: dict[str, object] | None = None) -> dict[str, object]:
+    venv_server = REPO / ".venv" / "bin" / "pie-lsp"
+    command = [str(venv_server)] if venv_server.exists() else [sys.executable, "-m", "lsp_server"]
+    return {
+        "security.workspace.trust.enabled": False,
+        "workbench.startupEditor": "none",
+        "workbench.tips.enabled": False,
+        "workbench.secondarySideBar.defaultVisibility": "hidden",
+        "chat.disableAIFeatures": True,
+        "telemetry.telemetryLevel": "off",
+        "extensions.autoUpdate": False,
+        "update.mode": "none",
+        "editor.inlineSuggest.enabled": True,
+        "files.autoSave": "off",  # the tests save, then read the file
+        "pieLspServer.command": command[0],
+        "pieLspServer.args": [*command[1:], "--log-file", str(log), "--log-level", "DEBUG"],
+        **(extra or {}),
+    }
+
+
+@pytest.fixture(scope="module")
+def code_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CodeServer]:
+    try:
+        rig = install_rig()
+        vsix = package_extension(rig)
+        import playwright  # noqa: F401
+    except (RuntimeError, ImportError, FileNotFoundError) as error:
+        if os.environ.get("PIE_LSP_REQUIRE_VSCODE"):
+            raise
+        pytest.skip(f"no VS Code rig here: {error}")
+    home = tmp_path_factory.mktemp("code-server")
+    log = home / "pie-lsp.log"
+    server = CodeServer(rig, home, vsix, server_settings(log), log)
+    for name, relative in FILES.items():
+        shutil.copy(STDLIB / relative, server.workspace / name)
+    # Documents the model does not know: they must never reach the server.
+    (server.workspace / "notes.md").write_text("# Notes\n\nSome text.\n")
+    (server.workspace / "data.json").write_text('{"key": [1, 2, 3]}\n')
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def workbench(code_server: CodeServer) -> Iterator[Workbench]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        bench = Workbench(page, code_server)
+        bench.load()
+        yield bench
+        page.screenshot(path=str(code_server.home / "last.png"))
+        browser.close()
+
+
+def server_log(code_server: CodeServer) -> str:
+    log = code_server.server_log
+    return log.read_text() if log.exists() else ""
+
+
+def test_server_starts_and_ghost_text_appears_on_a_real_file(workbench: Workbench) -> None:
+    workbench.open("decoder.py")
+    workbench.ready()  # the status bar went from "loading model" to ready: the server runs
+    workbench.page.keyboard.press("Control+End")
+    workbench.page.keyboard.press("Enter")
+    workbench.page.keyboard.type("def scan(s, idx):\n", delay=100)
+    assert workbench.wait_ghost()
+    assert "ms" in workbench.status()  # the last completion's latency
+    assert not workbench.error_toasts()
+
+
+def test_tab_inserts_exactly_what_was_shown(workbench: Workbench, code_server: CodeServer) -> None:
+    workbench.open("encoder.py")
+    workbench.ready()
+    path = code_server.workspace / "encoder.py"
+    before = path.read_text()
+    workbench.page.keyboard.press("Control+End")
+    workbench.page.keyboard.type("\n\ndef encode_all(items):\n", delay=100)
+    typed = "\n\ndef encode_all(items):\n    "  # VS Code indents the new line
+    shown = workbench.wait_ghost()
+    workbench.page.keyboard.press("Tab")
+    wait_until(lambda: workbench.ghost_text() is None, GUARD, "the ghost text to be accepted")
+    workbench.save()
+    after = path.read_text()
+    assert after.startswith(before)
+    inserted = after[len(before) :]
+    assert squeeze(inserted) == squeeze(typed) + shown
+
+
+def test_mid_line_shows_what_tab_inserts_and_nothing_before_code(
+    workbench: Workbench, code_server: CodeServer
+) -> None:
+    workbench.open("textwrap.py")
+    workbench.ready()
+    path = code_server.workspace / "textwrap.py"
+    lines = path.read_text().split("\n")
+    # Before real code on the line: nothing is offered.
+    target = next(i for i, line in enumerate(lines) if "self.width = width" in line)
+    workbench.go_to(target + 1, lines[target].index("width") + 1)
+    workbench.page.keyboard.type("x", delay=100)
+    log_size = len(server_log(code_server))
+    wait_until(
+        lambda: (
+            "code after the cursor" in server_log(code_server)[log_size:]
+            or "completion" in server_log(code_server)[log_size:]
+        ),
+        GUARD,
+        "the request",
+    )
+    assert workbench.ghost_text() is None
+    workbench.page.keyboard.press("Backspace")
+    # Before a closing bracket: offered, and Tab gives the line that was drawn.
+    workbench.page.keyboard.press("Control+End")
+    workbench.page.keyboard.type("\nprint(", delay=100)  # VS Code closes the bracket
+    shown = workbench.wait_ghost()
+    workbench.page.keyboard.press("Tab")
+    wait_until(lambda: workbench.ghost_text() is None, GUARD, "the ghost text to be accepted")
+    workbench.save()
+    last = path.read_text().rstrip("\n").split("\n")[-1]
+    assert squeeze(last) == squeeze("print(") + shown + ")" or squeeze(last) == squeeze(
+        "print(" + shown
+    )
+
+
+def test_typing_along_a_suggestion_keeps_the_rest_visible(workbench: Workbench) -> None:
+    workbench.open("decoder.py")
+    workbench.ready()
+    workbench.page.keyboard.press("Control+End")
+    workbench.page.keyboard.type("\n\ndef parse_all(s):\n    return ", delay=100)
+    first_line = wait_until(workbench.ghost_first_line, GUARD, "a first line of ghost text")
+    shown = workbench.wait_ghost()
+    along = first_line[: min(6, len(first_line) - 1)]
+    assert along, f"the suggestion is too short to type along: {first_line!r}"
+    rest = shown
+    for char in along:
+        workbench.page.keyboard.type(char)
+        rest = rest[len(squeeze(char)) :]
+        # The rest stays visible: the same suggestion, shortened by what was typed.
+        try:
+            wait_until(lambda rest=rest: workbench.ghost_text() == rest, 30, f"ghost {rest!r}")
+        except TimeoutError as error:
+            raise AssertionError(
+                f"after typing {char!r} of {first_line!r} the ghost text is "
+                f"{workbench.ghost_text()!r}, not {rest!r}"
+            ) from error
+        workbench.page.wait_for_timeout(100)  # 10 characters a second
+
+
+def test_three_tabs_only_python_reaches_the_server_and_no_error_toast(
+    workbench: Workbench, code_server: CodeServer
+) -> None:
+    for name in [*FILES, "notes.md", "data.json"]:
+        workbench.open(name)
+    # Word suggestions open while inline completion is asked (selectedCompletionInfo).
+    workbench.open("textwrap.py")
+    workbench.page.keyboard.press("Control+End")
+    workbench.page.keyboard.type("\nre", delay=100)
+    workbench.page.keyboard.press("Control+Space")
+    workbench.page.wait_for_timeout(1500)
+    workbench.page.keyboard.press("Escape")
+    log = server_log(code_server)
+    assert "notes.md" not in log and "data.json" not in log
+    assert "Invalid Params" not in log and "Traceback" not in log
+    assert not [t for t in workbench.error_toasts() if "error" in t.lower()]
+
+
+def test_stats_command_opens_json(workbench: Workbench) -> None:
+    workbench.open("decoder.py")
+    workbench.command("pie-lsp: Show cache statistics")
+    workbench.page.wait_for_selector(".tabs-container .tab.active:has-text('Untitled')")
+    text = workbench.page.locator(".editor-instance .monaco-editor .view-lines").first.inner_text()
+    assert '"modelState"' in text.replace("\xa0", " ")
+
+
+def test_a_setting_change_applies_without_restart(
+    workbench: Workbench, code_server: CodeServer
+) -> None:
+    workbench.open("decoder.py")
+    workbench.ready()
+    starts = server_log(code_server).count("model default ready")
+    page = workbench.page
+    page.keyboard.press("Control+Comma")  # the Settings editor, as a user changes a setting
+    page.wait_for_selector(
+        ".settings-editor .suggest-input-container .monaco-editor.focused", timeout=GUARD * 1000
+    )
+    page.keyboard.type("pieLsp.maxNewTokens")
+    page.wait_for_selector(".settings-editor :text('1 Setting Found')", timeout=GUARD * 1000)
+    field = page.locator(".settings-editor .setting-item-number input").first
+    field.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type("3")
+    page.keyboard.press("Tab")
+    wait_until(
+        lambda: '"pieLsp.maxNewTokens": 3' in code_server.user_settings.read_text(),
+        GUARD,
+        "VS Code to save the setting",
+    )
+    wait_until(
+        lambda: "max_new_tokens=3," in server_log(code_server), GUARD, "the setting to arrive"
+    )
+    assert server_log(code_server).count("model default ready") == starts
+    page.keyboard.press("Escape")
