@@ -317,3 +317,18 @@ async def test_completion_and_inline_requests_share_one_generation(
     items = ghost.items if isinstance(ghost, types.InlineCompletionList) else ghost
     if items:
         assert menu.items and menu.items[0].text_edit.new_text.endswith(items[0].insert_text)
+
+
+async def test_accepts_are_counted_locally(client: LanguageClient) -> None:
+    uri = "file:///work/accepts.py"
+    open_document(client, uri, SOURCE)
+    items = await inline(client, uri, CURSOR_LINE, 4)
+    document = (await stats(client, uri))["documents"][uri]
+    assert document["suggestions_offered"] == (1 if items else 0)
+    if items:
+        command = items[0].command
+        assert command is not None and command.command == "pie-lsp.accepted"
+        await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command=command.command, arguments=command.arguments)
+        )
+        assert (await stats(client, uri))["documents"][uri]["suggestions_accepted"] == 1
