@@ -60,8 +60,14 @@ POLICIES = (
         "pie, refresh 16 after edit",
         {"strategy": "pie", "stale_budget": -1, "refresh_after_edit": 16},
     ),
-    Policy("pie, stale budget 64", {"strategy": "pie", "stale_budget": 64}),
-    Policy("pie, stale budget 0", {"strategy": "pie", "stale_budget": 0}),
+    Policy(
+        "pie, stale budget 0, unbounded",
+        {"strategy": "pie", "stale_budget": 0, "max_refresh_tokens": 1 << 20},
+    ),
+    Policy(
+        "pie, stale budget 0, 512 a request",
+        {"strategy": "pie", "stale_budget": 0, "max_refresh_tokens": 512},
+    ),
 )
 
 

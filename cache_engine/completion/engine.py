@@ -511,9 +511,9 @@ class CompletionEngine:
         # The last token is re-fed before decoding anyway, so it never counts against it.
         if cache is None or budget < 0 or cache.stale_tokens <= max(budget, 1):
             return
-        caches.stats.record_refresh(
-            cache.refresh_stale(chunk=REFRESH_CHUNK, should_stop=should_stop)
-        )
+        start = cache.exact_tokens
+        stop = min(len(cache), start + settings.max_refresh_tokens)
+        caches.stats.record_refresh(cache.refresh(start, stop, should_stop=should_stop))
         self._record_state(caches, region)
 
     def _record_state(self, caches: DocumentCaches, region: PromptRegion) -> None:

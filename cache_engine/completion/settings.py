@@ -39,6 +39,10 @@ class CompletionSettings:
     refresh_after_edit: int = 0
     # Before decoding, refresh the cache when more than this many tokens are stale; -1 never.
     stale_budget: int = 0
+    # ...but recompute at most this many tokens for one request, from the first stale one on:
+    # after a far edit the whole suffix is stale, and refreshing it at once would cost what
+    # re-encoding does. The rest follows over the next requests and in the idle refresh.
+    max_refresh_tokens: int = 512
     # Prompt windows kept per document, so a trip of the cursor elsewhere and back re-encodes
     # only what changed; 1 keeps a single window that follows the cursor.
     max_regions: int = 4
@@ -55,6 +59,7 @@ class CompletionSettings:
         _check_int("memory_budget_bytes", self.memory_budget_bytes, 0, 1 << 50)
         _check_int("refresh_after_edit", self.refresh_after_edit, 0, 1 << 20)
         _check_int("stale_budget", self.stale_budget, -1, 1 << 20)
+        _check_int("max_refresh_tokens", self.max_refresh_tokens, 1, 1 << 20)
         _check_int("max_regions", self.max_regions, 1, 64)
         if self.mid_line not in MID_LINE:
             raise SettingsError(f"mid_line {self.mid_line!r} is not one of {', '.join(MID_LINE)}")

@@ -20,6 +20,7 @@ const SERVER_SETTINGS = [
   'memoryBudgetMb',
   'fimLayout',
   'staleBudget',
+  'maxRefreshTokens',
   'refreshAfterEdit',
   'idleRefreshMs',
   'maxRegions',

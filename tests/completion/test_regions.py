@@ -195,3 +195,26 @@ def test_fim_layout_auto_follows_the_model(loaded_random_model) -> None:
 def test_bad_new_settings_name_the_value(name: str, value: object) -> None:
     with pytest.raises(SettingsError, match=name):
         replace(SETTINGS, **{name: value})
+
+
+def test_refresh_per_request_is_capped_and_catches_up(loaded_random_model) -> None:
+    engine = engine_with(loaded_random_model, stale_budget=0, max_refresh_tokens=40)
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
+    engine.complete(URI, cursor)
+    window = engine.documents.snapshot(URI).windows[engine.active_region(URI).id]
+    far = window.start + 1  # inside the window, far above the cursor
+    engine.change_document(URI, 2, [TextChange(far, far, "# far\n")])
+    cursor += len("# far\n")
+    engine.complete(URI, cursor)
+    cache = engine.active_region(URI).cache
+    exact_after_one = cache.exact_tokens
+    assert 0 < cache.stale_tokens and engine.stats(URI)[URI]["last_refresh_seconds"] is not None
+    for _ in range(20):
+        if cache.stale_tokens <= 1:
+            break
+        before = cache.exact_tokens
+        engine.complete(URI, cursor)  # a new request at the same place: 40 more tokens
+        assert cache.exact_tokens == min(len(cache), before + 40)
+    assert cache.stale_tokens <= 1 and cache.exact_tokens > exact_after_one
+    assert logits_gap(engine) <= 1e-4
