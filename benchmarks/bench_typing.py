@@ -187,8 +187,10 @@ def summarize(records, reference) -> dict[str, object]:
 def cursor_trip(loaded: LoadedModel, base: CompletionSettings, text: str) -> dict[str, object]:
     """Complete at the bottom, type a line near the top, come back."""
     lines = text.splitlines(keepends=True)
-    bottom = sum(len(x) for x in lines[: int(len(lines) * 0.8)])
-    top = sum(len(x) for x in lines[:3])
+    # Both at the end of a line (mid-line, before code, nothing is offered): the end of the
+    # line at 80 % of the file, and a new line typed after line 2.
+    bottom = sum(len(x) for x in lines[: int(len(lines) * 0.8)]) - 1
+    top = sum(len(x) for x in lines[:2]) - 1
     results = {}
     base = replace(base, max_new_tokens=1)
     for name, changes in (
@@ -200,7 +202,7 @@ def cursor_trip(loaded: LoadedModel, base: CompletionSettings, text: str) -> dic
         engine.open_document(URI, text, 1, "python")
         engine.complete(URI, bottom)
         version, cursor, at = 1, top, bottom
-        for char in "# a comment typed by hand\n":
+        for char in "\n# a comment typed by hand":
             version += 1
             engine.change_document(URI, version, [TextChange(cursor, cursor, char)])
             cursor += 1

@@ -355,3 +355,43 @@ def test_six_buffers_send_one_request_per_keystroke(nvim, tmp_path) -> None:
 def test_ghost_text_highlight_has_terminal_colours(nvim, tmp_path) -> None:
     highlight = nvim.exec_lua("return vim.api.nvim_get_hl(0, { name = 'ComplHint' })", [])
     assert "ctermfg" in highlight and "fg" in highlight, highlight
+
+
+def test_config_says_so_when_there_is_no_server(tmp_path) -> None:
+    """Away from the repository's .venv, with no pie-lsp on PATH and no g:pie_lsp_cmd, the
+    config tells the user what to do instead of doing nothing."""
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    config = tmp_path / "pie_lsp.lua"
+    shutil.copy(CONFIG, config)
+    done = subprocess.run(
+        [
+            nvim_binary(),
+            "--headless",
+            "-i",
+            "NONE",
+            "-u",
+            str(config),
+            "-c",
+            "messages",
+            "-c",
+            "qa!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": "/usr/bin:/bin", "XDG_STATE_HOME": str(tmp_path)},
+    )
+    output = done.stdout + done.stderr
+    assert "pie-lsp: no server found" in output, output
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_only_python_attaches_by_default(nvim, tmp_path) -> None:
+    assert nvim.exec_lua("return vim.lsp.config.pie_lsp.filetypes", []) == ["python"]
+    path = tmp_path / "script.lua"
+    path.write_text("local x = 1\n")
+    nvim.command(f"edit {path}")
+    time.sleep(1)  # give an attach the chance it must not take
+    assert nvim.exec_lua("return #vim.lsp.get_clients({ bufnr = 0 })", []) == 0
