@@ -97,7 +97,10 @@ def session(buffers: int, folder: Path) -> dict[str, object]:
             "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
         }
     finally:
-        nvim.command("qa!")
+        try:
+            nvim.command("qa!")
+        except EOFError:
+            pass  # Neovim exits before it answers
         nvim.close()
 
 
