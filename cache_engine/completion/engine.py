@@ -39,6 +39,8 @@ from cache_engine.completion.prompt_layout import (
 )
 from cache_engine.completion.regions import DocumentCaches, PromptRegion
 from cache_engine.completion.settings import CompletionSettings, SettingsError
+from cache_engine.completion.speculation import PromptLookup
+from cache_engine.completion.stats import DocumentStats
 from cache_engine.completion.stop_rules import (
     CompletionStopper,
     CursorContext,
@@ -195,7 +197,9 @@ class CompletionEngine:
             if should_stop():
                 return Completion("", "none", "cancelled")
             context = CursorContext.at(snapshot.text, cursor, snapshot.language_id)
-            text, generated, reason = self._decode(region, context, settings, should_stop)
+            text, generated, reason = self._decode(
+                region, context, settings, should_stop, caches.stats
+            )
         except Exception:
             # Whatever state the cache was left in, the next completion starts from scratch.
             if region is not None:
@@ -531,6 +535,7 @@ class CompletionEngine:
         context: CursorContext,
         settings: CompletionSettings,
         should_stop: Callable[[], bool],
+        stats: DocumentStats,
     ) -> tuple[str, int, str]:
         """(completion text, tokens generated, why decoding stopped)."""
         cache = region.cache
@@ -560,7 +565,11 @@ class CompletionEngine:
                 return False
             return True
 
-        cache.generate(settings.max_new_tokens, on_token)
+        draft = PromptLookup(settings.speculative_tokens) if settings.speculative_tokens else None
+        cache.generate(settings.max_new_tokens, on_token, draft=draft)
+        if draft is not None:
+            stats.speculative_drafted_total += draft.drafted
+            stats.speculative_accepted_total += draft.accepted
         kept = stopper.finish()
         if reason == "cancelled":
             # What is ready up to a line boundary still serves the user typing along it.

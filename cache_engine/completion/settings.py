@@ -47,6 +47,9 @@ class CompletionSettings:
     # only what changed; 1 keeps a single window that follows the cursor.
     max_regions: int = 4
     mid_line: MidLine = "closing"
+    # Tokens drafted from the document per decoding pass and verified at once (0: off); the
+    # output equals plain greedy decoding.
+    speculative_tokens: int = 8
 
     def __post_init__(self) -> None:
         if self.strategy not in EDIT_STRATEGIES:
@@ -61,6 +64,7 @@ class CompletionSettings:
         _check_int("stale_budget", self.stale_budget, -1, 1 << 20)
         _check_int("max_refresh_tokens", self.max_refresh_tokens, 1, 1 << 20)
         _check_int("max_regions", self.max_regions, 1, 64)
+        _check_int("speculative_tokens", self.speculative_tokens, 0, 64)
         if self.mid_line not in MID_LINE:
             raise SettingsError(f"mid_line {self.mid_line!r} is not one of {', '.join(MID_LINE)}")
         if self.fim_layout not in FIM_LAYOUTS:

@@ -28,6 +28,8 @@ class DocumentStats:
     refreshes: int = 0
     tokens_refreshed_total: int = 0
     last_refresh_seconds: float | None = None
+    speculative_drafted_total: int = 0
+    speculative_accepted_total: int = 0
 
     def record_edit(self, stats: EditStats) -> None:
         self.last_edit = stats

@@ -25,6 +25,7 @@ const SERVER_SETTINGS = [
   'idleRefreshMs',
   'maxRegions',
   'midLine',
+  'speculativeTokens',
 ];
 
 /**

@@ -1,0 +1,104 @@
+"""Prompt-lookup speculation against plain greedy decoding, default model, held-out code.
+
+    python -m benchmarks.bench_speculation         # results in benchmarks/results/speculation.json
+
+At line ends in code the model never saw (click, rich, typer, tqdm), the FIM prompt is encoded
+once, then `EditableCache.generate` decodes a fixed number of tokens (no stop rules, so both
+decode the same amount) plainly and with drafts from the document, interleaved and repeated.
+Checks that both give the same tokens, and reports the acceptance rate, forward passes and the
+speed-up. Run on a quiet machine (pause training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_typing import FILES, source
+from cache_engine.completion.engine import CompletionEngine
+from cache_engine.completion.settings import CompletionSettings
+from cache_engine.completion.speculation import PromptLookup
+from cache_engine.model.loading import load_model
+
+RESULTS = Path(__file__).parent / "results" / "speculation.json"
+
+
+def places(text: str, count: int) -> list[int]:
+    """Ends of ordinary code lines in the second half of the file, spread evenly."""
+    lines = text.splitlines(keepends=True)
+    offsets, position = [], 0
+    for index, line in enumerate(lines):
+        position += len(line)
+        if index > len(lines) // 2 and 20 <= len(line.strip()) <= 70:
+            offsets.append(position - 1)
+    step = max(1, len(offsets) // count)
+    return offsets[::step][:count]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--places-per-file", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--draft-tokens", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model("default")
+    engine = CompletionEngine(loaded, CompletionSettings(max_new_tokens=1))
+    rows, mismatches, drafted, accepted = [], 0, 0, 0
+    plain_seconds: list[float] = []
+    speculative_seconds: list[float] = []
+    passes_plain = passes_speculative = 0
+    for relative in FILES:
+        text = source(relative)
+        uri = f"file:///bench/{relative}"
+        engine.open_document(uri, text, 1, "python")
+        for cursor in places(text, args.places_per_file):
+            engine.complete(uri, cursor)  # encodes the prompt of this place
+            cache = engine.active_region(uri).cache
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                plain = cache.generate(args.tokens, lambda token: True)
+                plain_seconds.append(time.perf_counter() - started)
+                lookup = PromptLookup(args.draft_tokens)
+                started = time.perf_counter()
+                fast = cache.generate(args.tokens, lambda token: True, draft=lookup)
+                speculative_seconds.append(time.perf_counter() - started)
+            mismatches += plain != fast
+            drafted += lookup.drafted
+            accepted += lookup.accepted
+            passes_plain += len(plain) - 1
+            passes_speculative += len(fast) - 1 - lookup.accepted
+            rows.append({"file": relative, "cursor": cursor, "accepted": lookup.accepted})
+        engine.close_document(uri)
+        engine.release_closed()
+    result = {
+        "model": loaded.name,
+        "threads": args.threads,
+        "places": len(rows),
+        "tokens_per_place": args.tokens,
+        "draft_tokens": args.draft_tokens,
+        "outputs_differing_from_greedy": mismatches,
+        "drafted_tokens": drafted,
+        "accepted_tokens": accepted,
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "forward_passes": {"plain": passes_plain, "speculative": passes_speculative},
+        "plain_ms_per_place_p50": 1000 * statistics.median(plain_seconds),
+        "speculative_ms_per_place_p50": 1000 * statistics.median(speculative_seconds),
+        "speed_up": sum(plain_seconds) / sum(speculative_seconds),
+        "rows": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Speculative decoding over the editable cache: the output equals plain greedy decoding."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cache_engine.completion.speculation import PromptLookup
+from cache_engine.kv.editable_cache import EditableCache
+from tests.model_factory import tiny_model
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama")
+
+
+class Scripted:
+    """A drafter that proposes a fixed continuation of the ids it saw first."""
+
+    def __init__(self, continuation: list[int], prompt_length: int):
+        self.continuation = continuation
+        self.prompt_length = prompt_length
+        self.accepted = 0
+
+    def __call__(self, ids) -> list[int]:
+        done = len(ids) - self.prompt_length
+        return self.continuation[done : done + 5]
+
+    def record(self, accepted: int) -> None:
+        self.accepted += accepted
+
+
+def decode(model, prompt: list[int], steps: int, draft=None, **cache_options) -> list[int]:
+    cache = EditableCache(model, strategy="pie", **cache_options)
+    cache.reset(prompt)
+    out = cache.generate(steps, lambda token: True, draft=draft)
+    assert cache.token_ids == prompt  # nothing generated stays
+    return out
+
+
+def repetitive_prompt(seed: int) -> list[int]:
+    rng = random.Random(seed)
+    phrase = [rng.randrange(4, 160) for _ in range(12)]
+    return [token for _ in range(6) for token in phrase] + phrase[:5]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_prompt_lookup_equals_greedy(llama, seed) -> None:
+    prompt = repetitive_prompt(seed)
+    plain = decode(llama, prompt, 40)
+    lookup = PromptLookup(draft_tokens=6)
+    assert decode(llama, prompt, 40, draft=lookup) == plain
+    assert lookup.drafted > 0
+
+
+def test_a_perfect_draft_is_all_accepted_and_a_wrong_one_changes_nothing(llama) -> None:
+    prompt = repetitive_prompt(7)
+    plain = decode(llama, prompt, 30)
+    perfect = Scripted(plain, len(prompt))
+    assert decode(llama, prompt, 30, draft=perfect) == plain
+    assert perfect.accepted >= 20  # about five drafted tokens kept per pass
+    wrong = Scripted([(t + 1) % 160 for t in plain], len(prompt))
+    assert decode(llama, prompt, 30, draft=wrong) == plain
+    assert wrong.accepted == 0
+
+
+def test_stopping_inside_an_accepted_draft(llama) -> None:
+    prompt = repetitive_prompt(3)
+    plain = decode(llama, prompt, 30)
+    cache = EditableCache(llama, strategy="pie")
+    cache.reset(prompt)
+    seen: list[int] = []
+
+    def stop_at_seven(token: int) -> bool:
+        seen.append(token)
+        return len(seen) < 7
+
+    out = cache.generate(30, stop_at_seven, draft=Scripted(plain, len(prompt)))
+    assert out == plain[:7] == seen
+
+
+def test_speculation_respects_capacity_and_growth(llama) -> None:
+    prompt = repetitive_prompt(5)
+    plain = decode(llama, prompt, 50, initial_capacity=16)
+    draft = PromptLookup(draft_tokens=8)
+    assert decode(llama, prompt, 50, draft=draft, initial_capacity=16) == plain
+    bounded = decode(llama, prompt, 50, max_capacity=len(prompt) + 10)
+    assert len(bounded) == 11
+    draft = PromptLookup(draft_tokens=8)
+    assert decode(llama, prompt, 50, draft=draft, max_capacity=len(prompt) + 10) == bounded
+
+
+def test_prompt_lookup_drafts_what_followed_the_latest_match() -> None:
+    lookup = PromptLookup(draft_tokens=3, max_ngram=2)
+    assert lookup([1, 2, 3, 9, 1, 2, 4, 5, 1, 2]) == [4, 5, 1]
+    assert lookup([7, 8, 9]) == []
+    assert PromptLookup(draft_tokens=0)([1, 1, 1]) == []
