@@ -5,6 +5,8 @@
                                                                      # continue from shipped weights
     python -m cache_engine.model.training --steps 20                 # a short smoke run
     python -m cache_engine.model.training --export-only              # newest checkpoint → --output
+    python -m cache_engine.model.training --init-from DIR --continue-run
+                                                     # go on with a committed, unfinished run
 
 Everything is seeded, and batch k depends only on the seed and k, so a resumed run sees the
 batches it would have seen. Checkpoints (model, optimizer, step, RNG, log) go to
@@ -229,6 +231,7 @@ def train(args: argparse.Namespace) -> None:
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=False
     )
     step = 0
+    rewarm_until = 0
     log: list[dict] = []
     resume_from = _newest_checkpoint(checkpoint_dir)
     if resume_from is not None:
@@ -242,6 +245,14 @@ def train(args: argparse.Namespace) -> None:
         initial = LlamaForCausalLM.from_pretrained(args.init_from)
         model.load_state_dict(initial.state_dict())
         print(f"starting from the weights in {args.init_from}")
+        summary = args.init_from / "training_log.json"
+        if args.continue_run and summary.exists():
+            # A committed export of an unfinished run: its schedule goes on from its step;
+            # the optimizer's moments start over, so the learning rate warms up again.
+            saved = json.loads(summary.read_text())
+            step, log = int(saved["steps"]), list(saved["log"])
+            rewarm_until = step + args.warmup
+            print(f"continuing its run at step {step}")
     if args.export_only:
         export(model, tokenizer, log, args, step=step, train_minutes=0.0)
         return
@@ -260,6 +271,8 @@ def train(args: argparse.Namespace) -> None:
     while step < args.steps:
         batch = stream.batch(step, args.batch_size)
         lr = learning_rate(step, args.steps, args.lr, args.warmup)
+        if step < rewarm_until:
+            lr *= (step - (rewarm_until - args.warmup) + 1) / args.warmup
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -341,6 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=SEQ_LEN)
     parser.add_argument(
         "--init-from", type=Path, default=None, help="start from this model folder's weights"
+    )
+    parser.add_argument(
+        "--continue-run",
+        action="store_true",
+        help="with --init-from: go on with that export's run (its step, log and schedule)",
     )
     parser.add_argument(
         "--export-only", action="store_true", help="export the newest checkpoint and stop"
