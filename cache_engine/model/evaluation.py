@@ -199,6 +199,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+_FIRST_STAGE_DATA = (
+    "the Python standard library (PSF licence) without its test suites, plus pip's and "
+    "setuptools' own code (MIT; vendored packages left out), FIM cut at random characters"
+)
+
+
+def _stage(training: dict) -> str:
+    return (
+        f"{training.get('steps', '?')} steps of {training.get('batch_size', '?')}×"
+        f"{training.get('seq_len', '?')} tokens ({training.get('tokens_seen', 0) / 1e6:.1f} M "
+        f"tokens), AdamW, peak lr {training.get('peak_lr', '?')}, seed {training.get('seed', '?')}"
+    )
+
+
 def write_card(result: dict, folder: Path) -> None:
     log_path = folder / "training_log.json"
     training = json.loads(log_path.read_text()) if log_path.exists() else {}
@@ -220,9 +234,10 @@ for useful completions.
 | architecture | Llama: 6 layers, width 256, 4 query heads over 2 key/value heads, head_dim 64, RoPE θ=10000 |
 | parameters | {result["parameters"] / 1e6:.2f} M |
 | tokenizer | byte-level BPE, 4,096 tokens, with `<\\|endoftext\\|>`, `<\\|fim_prefix\\|>`, `<\\|fim_suffix\\|>`, `<\\|fim_middle\\|>` |
-| data | the Python {".".join(map(str, __import__("sys").version_info[:3]))} standard library (PSF licence) without its test suites, plus pip's and setuptools' own code (MIT; vendored packages left out); about half the samples in FIM (prefix-suffix-middle) layout |
+| data | {training.get("data") or _FIRST_STAGE_DATA} |
+| FIM layouts | {", ".join(training.get("fim_layouts") or ["psm"])} |
 | held out | {", ".join(result["held_out_modules"])} |
-| training | {training.get("steps", "?")} steps of {training.get("batch_size", "?")}×{training.get("seq_len", "?")} tokens ({training.get("tokens_seen", 0) / 1e6:.1f} M tokens), AdamW, peak lr {training.get("peak_lr", "?")}, seed {training.get("seed", "?")}, bf16 autocast on 2 CPU cores, {training.get("train_minutes", "?")} minutes |
+| training | {_stage(training)}{"; continued from " + _stage(training["previous_stage"]) + " on " + _FIRST_STAGE_DATA if training.get("previous_stage") else ""} |
 
 ## Evaluation (`python -m cache_engine.model.evaluation`)
 
