@@ -93,16 +93,17 @@ def main() -> None:
             for index in range(args.stop_pauses):
                 page.keyboard.press("Control+End")
                 page.keyboard.press("Enter")
-                page.keyboard.type(f"value_{index} = compute(", delay=100)
-                # The last key, then nothing: how long until ghost text is drawn.
-                page.keyboard.press("Backspace")
+                page.keyboard.press("Enter")
+                page.keyboard.type(f"def helper_{index}(value, items):", delay=100)
+                # The last key (a new line in the body), then nothing: until ghost text shows.
                 started = time.monotonic()
-                page.keyboard.type("(")
+                page.keyboard.press("Enter")
                 try:
                     bench.wait_ghost(timeout=30)
                     latencies.append(time.monotonic() - started)
                 except TimeoutError:
                     latencies.append(float("inf"))
+                page.keyboard.press("Escape")
             finite = [x for x in latencies if x != float("inf")]
             result["after_typing_stops"] = {
                 "samples": len(latencies),

@@ -384,6 +384,11 @@ class PieLanguageServer(LanguageServer):
             if running is not None and not running.task.done():
                 if (running.version, running.offset) == (snapshot.version, offset):
                     self._count(uri, "shared_generations")
+                    log.debug(
+                        "completion %s in %s: shares the running generation",
+                        _position_text(position),
+                        uri,
+                    )
                     completion = await running.join()
                     return completion.text or None if completion is not None else None
                 along = self.documents.typed_since(uri, running.version, running.offset)

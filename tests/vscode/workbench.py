@@ -166,6 +166,9 @@ class Workbench:
         self.page.wait_for_selector(f"{EDITOR} .view-lines", timeout=GUARD * 1000)
         self.page.locator(f"{EDITOR} .view-lines").first.click()
 
+    def editor_focus(self) -> None:
+        self.page.locator(f"{EDITOR} textarea").first.focus()
+
     def command(self, title: str) -> None:
         self.page.keyboard.press("Control+Shift+P")
         self.page.wait_for_selector(".quick-input-widget input", timeout=GUARD * 1000)
