@@ -194,9 +194,9 @@ def test_typing_along_a_suggestion_keeps_the_rest_visible(workbench: Workbench) 
     first_line = wait_until(workbench.ghost_first_line, GUARD, "a first line of ghost text")
     shown = workbench.wait_ghost()
     # Typing a bracket or quote makes VS Code insert its partner, which is other text than the
-    # suggestion: type along its word characters only.
-    word = len(first_line) - len(first_line.lstrip())
-    while word < len(first_line) and (first_line[word].isalnum() or first_line[word] in "_ ."):
+    # suggestion: type along what comes before the first of them.
+    word = 0
+    while word < len(first_line) and first_line[word] not in "([{'\"`":
         word += 1
     along = first_line[: min(6, word, len(first_line) - 1)]
     assert along, f"the suggestion is too short to type along: {first_line!r}"
@@ -307,3 +307,21 @@ def test_ghost_text_comes_once_the_model_is_ready_without_typing(
     workbench.ready()
     # Nobody typed: the extension asked again when the model became ready.
     assert workbench.wait_ghost()
+
+
+def test_the_output_channel_has_no_stderr_noise(workbench: Workbench) -> None:
+    """No FutureWarning, progress bar or traceback reaches the pie-lsp output channel."""
+    workbench.open("decoder.py")
+    workbench.ready()
+    workbench.command("Output: Show Output Channels...")
+    workbench.page.wait_for_selector(
+        ".quick-input-list .monaco-list-row:has-text('pie-lsp')", timeout=GUARD * 1000
+    )
+    workbench.page.keyboard.type("pie-lsp")
+    workbench.page.keyboard.press("Enter")
+    view = workbench.page.locator(".output-view .monaco-editor .view-lines").first
+    text = wait_until(lambda: view.inner_text().replace("\xa0", " "), GUARD, "the output channel")
+    assert "starting" in text  # the extension's own line: this is the pie-lsp channel
+    for noise in ("FutureWarning", "Loading weights", "Traceback", "deprecated"):
+        assert noise not in text, text
+    workbench.page.keyboard.press("Escape")
