@@ -4,10 +4,10 @@
 
 Needs the rig of scripts/vscode-rig. Measures, on copies of standard-library files:
 - open a file in a fresh window → ghost text, including the server start and the model load;
-- typing a new line at 10 characters a second: after how many keystrokes ghost text is visible
-  before the next key;
+- a scripted session (--minutes, default 5) typing new lines at 10 characters a second in the
+  three files: after how many keystrokes ghost text is visible before the next key;
 - once typing stops, keystroke → ghost text (p50, p95);
-- error toasts seen during the session.
+- error toasts seen during the session, and noise in the pie-lsp output channel.
 Run on a quiet machine (pause training).
 """
 
@@ -44,6 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--stop-pauses", type=int, default=10)
+    parser.add_argument(
+        "--minutes", type=float, default=5.0, help="keep the scripted session going this long"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -76,14 +79,22 @@ def main() -> None:
 
             visible_before_next = 0
             keystrokes = 0
-            for line in LINES:
-                page.keyboard.press("Control+End")
-                page.keyboard.press("Enter")
-                for char in line:
-                    page.keyboard.type(char)
-                    keystrokes += 1
-                    page.wait_for_timeout(100)  # 10 characters a second
-                    visible_before_next += bench.ghost_text() is not None
+            session_started = time.monotonic()
+            rounds = 0
+            # The scripted session: new lines typed at 10 characters a second, file after file,
+            # until --minutes have passed.
+            while rounds == 0 or time.monotonic() - session_started < args.minutes * 60:
+                bench.open(list(FILES)[rounds % len(FILES)])
+                for line in LINES:
+                    page.keyboard.press("Control+End")
+                    page.keyboard.press("Enter")
+                    for char in line:
+                        page.keyboard.type(char)
+                        keystrokes += 1
+                        page.wait_for_timeout(100)  # 10 characters a second
+                        visible_before_next += bench.ghost_text() is not None
+                rounds += 1
+            result["session_minutes"] = (time.monotonic() - session_started) / 60
             result["typing_10_cps"] = {
                 "keystrokes": keystrokes,
                 "ghost_visible_before_next_key": visible_before_next / keystrokes,
@@ -112,6 +123,20 @@ def main() -> None:
                 "p95_ms": 1000 * percentile(finite, 0.95) if finite else None,
             }
             result["error_toasts"] = bench.error_toasts()
+            bench.command("Output: Show Output Channels...")
+            page.wait_for_selector(
+                ".quick-input-list .monaco-list-row:has-text('pie-lsp')", timeout=60_000
+            )
+            page.keyboard.type("pie-lsp")
+            page.keyboard.press("Enter")
+            channel = page.locator(".output-view .monaco-editor .view-lines").first
+            page.wait_for_timeout(1000)
+            text = channel.inner_text().replace("\xa0", " ")
+            result["output_channel_noise"] = [
+                noise
+                for noise in ("FutureWarning", "Loading weights", "Traceback", "deprecated")
+                if noise in text
+            ]
             page.screenshot(path=str(home / "end.png"))
             browser.close()
     finally:
