@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.server.test_neovim import CONFIG, RECORD_RESPONSES, STATS, nvim_binary
+from tests.server.test_neovim import RECORD_RESPONSES, STATS, launch
 
 RESULTS = Path(__file__).parent / "results" / "neovim_buffers.json"
 KEYS = "value = os.path.join(a"
@@ -46,24 +46,8 @@ def wait(condition, timeout: float = 120):
 
 
 def session(buffers: int, folder: Path) -> dict[str, object]:
-    import pynvim
-
     source = Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py"
-    lua_cmd = "{" + ", ".join(f"'{p}'" for p in [sys.executable, "-m", "lsp_server"]) + "}"
-    nvim = pynvim.attach(
-        "child",
-        argv=[
-            nvim_binary(),
-            "--embed",
-            "--headless",
-            "-i",
-            "NONE",
-            "--cmd",
-            f"lua vim.g.pie_lsp_cmd = {lua_cmd}; vim.g.pie_lsp_settings = {{ debounceMs = 0 }}",
-            "-u",
-            str(CONFIG),
-        ],
-    )
+    nvim = launch([sys.executable, "-m", "lsp_server"], "{ debounceMs = 0 }")
     try:
         for index in range(buffers):
             path = folder / f"buffer_{buffers}_{index}.py"

@@ -390,7 +390,7 @@ class PieLanguageServer(LanguageServer):
                         uri,
                     )
                     completion = await running.join()
-                    return completion.text or None if completion is not None else None
+                    return _text_of(completion)
                 along = self.documents.typed_since(uri, running.version, running.offset)
                 # Still in its debounce, it is cheaper to start over at the new place.
                 if running.decoding and along and offset == running.offset + len(along):
@@ -400,19 +400,14 @@ class PieLanguageServer(LanguageServer):
                     typed = engine.typed_ahead(uri, offset, version=snapshot.version)
                     if typed is not None:
                         return typed.text
-        except PositionError as error:
-            # Editors ask for buffers that are not focused, or right after a change shortened
-            # the text: nothing to offer there, and nothing wrong.
-            log.debug("no completion at %s in %s: %s", _position_text(position), uri, error)
-            return None
-        except DocumentError as error:
-            log.error("completion at %s in %s: %s", _position_text(position), uri, error)
+        except (PositionError, DocumentError) as error:
+            _log_request_error(error, position, uri)
             return None
         generation = _Generation(self.worker.begin(uri), snapshot.version, offset)
         generation.task = asyncio.ensure_future(self._generate(engine, uri, position, generation))
         self._generations[uri] = generation
         completion = await generation.join()
-        return completion.text or None if completion is not None else None
+        return _text_of(completion)
 
     async def _generate(
         self, engine: CompletionEngine, uri: str, position: types.Position, run: _Generation
@@ -440,11 +435,8 @@ class PieLanguageServer(LanguageServer):
         except asyncio.CancelledError:
             flag.set()
             raise
-        except PositionError as error:
-            log.debug("no completion at %s in %s: %s", _position_text(position), uri, error)
-            return None
-        except DocumentError as error:
-            log.error("completion at %s in %s: %s", _position_text(position), uri, error)
+        except (PositionError, DocumentError) as error:
+            _log_request_error(error, position, uri)
             return None
         except Exception:
             log.exception("completion at %s in %s failed", _position_text(position), uri)
@@ -713,6 +705,19 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
         return ls.stats(uri)
 
     return server
+
+
+def _log_request_error(error: Exception, position: types.Position, uri: str) -> None:
+    if isinstance(error, PositionError):
+        # Editors ask for buffers that are not focused, or right after a change shortened the
+        # text: nothing to offer there, and nothing wrong.
+        log.debug("no completion at %s in %s: %s", _position_text(position), uri, error)
+    else:
+        log.error("completion at %s in %s: %s", _position_text(position), uri, error)
+
+
+def _text_of(completion: Completion | None) -> str | None:
+    return completion.text or None if completion is not None else None
 
 
 def _range_text(value: types.Range) -> str:

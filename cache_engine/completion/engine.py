@@ -522,9 +522,7 @@ class CompletionEngine:
 
     def _record_state(self, caches: DocumentCaches, region: PromptRegion) -> None:
         stats = caches.stats
-        stats.regions = len(caches.regions)
-        stats.tokens_cached = sum(len(r.cache) for r in caches.regions if r.cache is not None)
-        stats.cache_bytes = caches.nbytes()
+        caches.record_sizes()
         if region.cache is not None:
             stats.stale_tokens = region.cache.stale_tokens
             stats.exact_tokens = region.cache.exact_tokens
@@ -597,11 +595,7 @@ class CompletionEngine:
             caches.remove(region)
             self.documents.forget_window(uri, region.id)
             caches.stats.evictions += 1
-            caches.stats.regions = len(caches.regions)
-            caches.stats.tokens_cached = sum(
-                len(r.cache) for r in caches.regions if r.cache is not None
-            )
-            caches.stats.cache_bytes = caches.nbytes()
+            caches.record_sizes()
             log.info("evicted a cached region of %s to stay within %d bytes", uri, budget)
 
 

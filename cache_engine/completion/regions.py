@@ -78,3 +78,9 @@ class DocumentCaches:
 
     def nbytes(self) -> int:
         return sum(region.nbytes() for region in self.regions)
+
+    def record_sizes(self) -> None:
+        """Bring the size counters of `stats` up to date with the regions."""
+        self.stats.regions = len(self.regions)
+        self.stats.tokens_cached = sum(len(r.cache) for r in self.regions if r.cache is not None)
+        self.stats.cache_bytes = self.nbytes()

@@ -112,6 +112,28 @@ def skip_reason() -> str | None:
     return None
 
 
+def launch(server: list[str], settings: str):
+    """Headless Neovim on editor_configs/neovim/pie_lsp.lua, starting `server` with the
+    `settings` Lua table; it passes its own environment on to the server."""
+    import pynvim
+
+    lua_list = "{" + ", ".join(f"'{part}'" for part in server) + "}"
+    return pynvim.attach(
+        "child",
+        argv=[
+            nvim_binary(),
+            "--embed",
+            "--headless",
+            "-i",
+            "NONE",
+            "--cmd",
+            f"lua vim.g.pie_lsp_cmd = {lua_list}; vim.g.pie_lsp_settings = {settings}",
+            "-u",
+            str(CONFIG),
+        ],
+    )
+
+
 def wait_until(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -133,7 +155,6 @@ def nvim(request, tmp_path, monkeypatch):
         model = "default"
     else:
         model = str(request.getfixturevalue("tiny_model_dir"))
-    import pynvim
 
     server = [
         sys.executable,
@@ -146,26 +167,12 @@ def nvim(request, tmp_path, monkeypatch):
         "--log-level",
         "DEBUG",
     ]
-    lua_list = "{" + ", ".join(f"'{part}'" for part in server) + "}"
     settings = "{ debounceMs = 0, maxNewTokens = 24 }"
     # Neovim passes its environment on to the server it starts.
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # Neovim's own lsp.log goes here
-    editor = pynvim.attach(
-        "child",
-        argv=[
-            nvim_binary(),
-            "--embed",
-            "--headless",
-            "-i",
-            "NONE",
-            "--cmd",
-            f"lua vim.g.pie_lsp_cmd = {lua_list}; vim.g.pie_lsp_settings = {settings}",
-            "-u",
-            str(CONFIG),
-        ],
-    )
+    editor = launch(server, settings)
     try:
         yield editor
     finally:
