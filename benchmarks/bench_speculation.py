@@ -65,11 +65,11 @@ def main() -> None:
             cache = engine.active_region(uri).cache
             for _ in range(args.repeats):
                 started = time.perf_counter()
-                plain = cache.generate(args.tokens, lambda token: True)
+                plain = cache.generate(args.tokens, lambda token, log_prob: True)
                 plain_seconds.append(time.perf_counter() - started)
                 lookup = PromptLookup(args.draft_tokens)
                 started = time.perf_counter()
-                fast = cache.generate(args.tokens, lambda token: True, draft=lookup)
+                fast = cache.generate(args.tokens, lambda token, log_prob: True, draft=lookup)
                 speculative_seconds.append(time.perf_counter() - started)
             mismatches += plain != fast
             drafted += lookup.drafted

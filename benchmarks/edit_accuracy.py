@@ -472,7 +472,7 @@ def greedy_next_line(
 ) -> str:
     pieces: list[int] = []
 
-    def keep_going(token: int) -> bool:
+    def keep_going(token: int, log_prob: float) -> bool:
         if token in eos_ids:
             return False
         pieces.append(token)

@@ -5,8 +5,9 @@ Clients send camelCase keys, either at the top level or under a "pieLsp" section
     {"pieLsp": {"strategy": "pie", "debounceMs": 50, "maxNewTokens": 64,
                 "maxPromptTokens": 1536, "suffixShare": 0.25, "windowMarginLines": 8,
                 "memoryBudgetMb": 256, "fimLayout": "auto", "refreshAfterEdit": 0,
-                "staleBudget": 0, "maxRefreshTokens": 512, "maxRegions": 4, "midLine": "closing", "speculativeTokens": 8,
-                "idleRefreshMs": 400}}
+                "staleBudget": 0, "maxRefreshTokens": 512, "maxRegions": 4, "midLine": "closing",
+                "speculativeTokens": 8, "healTokens": true, "minConfidence": -1,
+                "minTokenProb": -1, "idleRefreshMs": 400}}
 
 Keys left out keep their current value. Unknown keys and bad values reject the whole update.
 """
@@ -33,6 +34,9 @@ _COMPLETION_KEYS = {
     "maxRegions": "max_regions",
     "midLine": "mid_line",
     "speculativeTokens": "speculative_tokens",
+    "healTokens": "heal_tokens",
+    "minConfidence": "min_confidence",
+    "minTokenProb": "min_token_prob",
 }
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from cache_engine.completion.confidence import ConfidenceGate, ConfidenceTracker
 from cache_engine.completion.documents import DocumentSnapshot, DocumentStore, ForwardTyping
 from cache_engine.completion.prompt_layout import (
     PLACEMENT_FILL,
@@ -38,7 +39,7 @@ from cache_engine.completion.prompt_layout import (
     prompt_text,
 )
 from cache_engine.completion.regions import DocumentCaches, PromptRegion
-from cache_engine.completion.settings import CompletionSettings, SettingsError
+from cache_engine.completion.settings import MODEL_CALIBRATED, CompletionSettings, SettingsError
 from cache_engine.completion.speculation import PromptLookup
 from cache_engine.completion.stats import DocumentStats
 from cache_engine.completion.stop_rules import (
@@ -51,6 +52,7 @@ from cache_engine.kv.token_edits import TokenEdit
 from cache_engine.model.loading import LoadedModel
 from cache_engine.text.incremental_tokenizer import IncrementalTokenizer
 from cache_engine.text.text_change import DocumentError, TextChange, changed_span, line_suffix
+from cache_engine.text.token_healing import TokenHealer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ class Completion:
     reason: str  # why decoding stopped, or why nothing was generated
     tokens_generated: int = 0
     seconds: float = 0.0
+    # Geometric-mean probability of the first line's tokens (see confidence.py); None when
+    # nothing was generated.
+    confidence: float | None = None
 
 
 class CompletionEngine:
@@ -83,6 +88,7 @@ class CompletionEngine:
         """`documents` may already hold documents opened before the model was loaded."""
         self.loaded = loaded
         self.tokenizer = IncrementalTokenizer(loaded.tokenizer)
+        self.healer = TokenHealer(self.tokenizer)
         self.documents = documents if documents is not None else DocumentStore()
         self._settings = self._checked(settings or CompletionSettings())
         self._caches: OrderedDict[str, DocumentCaches] = OrderedDict()
@@ -99,6 +105,10 @@ class CompletionEngine:
         self._stop_ids = frozenset(loaded.eos_token_ids | set(markers))
         declared = getattr(loaded.model.config, "fim_layouts", None) or ("psm",)
         self.model_fim_layouts: tuple[str, ...] = tuple(declared)
+        gate = getattr(loaded.model.config, "completion_gate", None) or {}
+        self.model_gate = ConfidenceGate(
+            float(gate.get("min_confidence", 0.0)), float(gate.get("min_token_prob", 0.0))
+        )
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -125,6 +135,18 @@ class CompletionEngine:
                 f"({settings.max_new_tokens}) exceeds the model's {limit} positions"
             )
         return settings
+
+    def confidence_gate(self, settings: CompletionSettings | None = None) -> ConfidenceGate:
+        """The gate and cut in force: the settings', or the model's calibrated ones for -1."""
+        settings = settings or self._settings
+        return ConfidenceGate(
+            self.model_gate.min_confidence
+            if settings.min_confidence == MODEL_CALIBRATED
+            else settings.min_confidence,
+            self.model_gate.min_token_prob
+            if settings.min_token_prob == MODEL_CALIBRATED
+            else settings.min_token_prob,
+        )
 
     def fim_layout(self, settings: CompletionSettings | None = None) -> FimLayout | None:
         """The FIM layout prompts use under `settings`; None without FIM tokens."""
@@ -197,7 +219,7 @@ class CompletionEngine:
             if should_stop():
                 return Completion("", "none", "cancelled")
             context = CursorContext.at(snapshot.text, cursor, snapshot.language_id)
-            text, generated, reason = self._decode(
+            text, generated, reason, confidence = self._decode(
                 region, context, settings, should_stop, caches.stats
             )
         except Exception:
@@ -209,6 +231,11 @@ class CompletionEngine:
             if not text:
                 return Completion("", "none", reason, generated, _since(started))
             reason = "stopped at a line boundary"
+        gate = self.confidence_gate(settings).min_confidence
+        if text and gate > 0 and (confidence or 0) < gate:
+            caches.stats.below_confidence_gate += 1
+            reason = f"confidence {confidence or 0:.3f} is below minConfidence {gate:g}"
+            text = ""
         # Line breaks stay "\n" whatever the file uses: clients convert them on insertion, and
         # Neovim would insert a "\r" literally.
         suggestion = ForwardTyping(cursor, text) if text else None
@@ -217,7 +244,8 @@ class CompletionEngine:
         caches.stats.completions += 1
         caches.stats.last_completion_seconds = seconds
         caches.stats.last_completion_tokens = generated
-        return Completion(text, "model" if text else "none", reason, generated, seconds)
+        source: CompletionSource = "model" if text else "none"
+        return Completion(text, source, reason, generated, seconds, confidence)
 
     def prepare(
         self, uri: str, cursor: int, *, should_stop: Callable[[], bool] = lambda: False
@@ -336,6 +364,9 @@ class CompletionEngine:
         fill = PLACEMENT_FILL
         while True:
             prompt = prompt_text(text, cursor, window, fim)
+            if settings.heal_tokens:
+                healing = self.healer.split(prompt.left)
+                prompt = PromptText(healing.kept, prompt.right, healing.healed)
             edits, new_ids, left_tokens, right_tokens = self._plan(region, prompt, layout)
             if len(new_ids) <= settings.max_prompt_tokens or fill < 0.05:
                 break
@@ -534,26 +565,40 @@ class CompletionEngine:
         settings: CompletionSettings,
         should_stop: Callable[[], bool],
         stats: DocumentStats,
-    ) -> tuple[str, int, str]:
-        """(completion text, tokens generated, why decoding stopped)."""
+    ) -> tuple[str, int, str, float | None]:
+        """(completion text, tokens generated, why decoding stopped, its confidence)."""
         cache = region.cache
         if cache is None or len(cache) == 0:
-            return "", 0, "empty prompt"
+            return "", 0, "empty prompt", None
+        healed = region.prompt.healed if region.prompt is not None else ""
+        heal_bytes = len(healed.encode("utf-8"))
         stopper = CompletionStopper(context)
-        ids: list[int] = []
+        tracker = ConfidenceTracker(self.confidence_gate(settings).min_token_prob)
+        produced = bytearray()
         decoded = ""
+        generated = 0
         reason = "max tokens"
 
-        def on_token(token: int) -> bool:
-            nonlocal decoded, reason
+        def on_token(token: int, log_prob: float) -> bool:
+            nonlocal decoded, reason, generated
             if should_stop():
                 reason = "cancelled"
                 return False
             if token in self._stop_ids:
                 reason = "end of text"
                 return False
-            ids.append(token)
-            text = self.tokenizer.decode(ids)
+            data = self.tokenizer.text_bytes([token])
+            if len(produced) + len(data) > heal_bytes:
+                if not tracker.admits(log_prob):
+                    reason = "low-confidence token"
+                    return False
+                tracker.record(len(decoded), log_prob)
+            generated += 1
+            produced.extend(data)
+            if len(produced) < heal_bytes:
+                return True
+            # The constraint made the output start with the healed bytes.
+            text = produced[heal_bytes:].decode("utf-8", errors="replace")
             # A character split across tokens decodes as U+FFFD until its last byte arrives.
             if text.endswith("\ufffd") or not text.startswith(decoded):
                 return True
@@ -564,7 +609,8 @@ class CompletionEngine:
             return True
 
         draft = PromptLookup(settings.speculative_tokens) if settings.speculative_tokens else None
-        cache.generate(settings.max_new_tokens, on_token, draft=draft)
+        constraint = self.healer.constraint(healed)
+        cache.generate(settings.max_new_tokens, on_token, draft=draft, constraint=constraint)
         if draft is not None:
             stats.speculative_drafted_total += draft.drafted
             stats.speculative_accepted_total += draft.accepted
@@ -572,7 +618,7 @@ class CompletionEngine:
         if reason == "cancelled":
             # What is ready up to a line boundary still serves the user typing along it.
             kept = kept[: kept.rfind("\n")] if "\n" in kept else ""
-        return kept, len(ids), reason
+        return kept, generated, reason, tracker.confidence(kept)
 
     def _count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))

@@ -120,6 +120,9 @@ class PromptText:
 
     left: str
     right: str | None  # None: plain left-context prompt
+    # The end of the text before the cursor that `left` leaves out for the model to re-create
+    # (token healing); the suggestion starts with it, and it is stripped again.
+    healed: str = ""
 
     def render(self, fim: FimTokens | None, layout: FimLayout = "psm") -> str:
         """The prompt as one string, for logs and tests."""

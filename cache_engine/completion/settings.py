@@ -17,6 +17,8 @@ FIM_LAYOUTS: tuple[str, ...] = get_args(FimLayoutSetting)
 MidLine = Literal["closing", "always"]
 MID_LINE: tuple[str, ...] = get_args(MidLine)
 MIB = 2**20
+# A confidence setting with this value takes the one calibrated for the model.
+MODEL_CALIBRATED = -1.0
 
 
 class SettingsError(ValueError):
@@ -50,6 +52,15 @@ class CompletionSettings:
     # Tokens drafted from the document per decoding pass and verified at once (0: off); the
     # output equals plain greedy decoding.
     speculative_tokens: int = 8
+    # Back the prompt up over its last token and let the model re-create it (token healing).
+    heal_tokens: bool = True
+    # Show a suggestion only when the geometric-mean probability of its first line's tokens is
+    # at least this (0: always). A gate is calibrated for one model, from the curve of shown
+    # rate against right starts (`python -m benchmarks.suggestion_quality --calibrate`): -1
+    # takes the model's own (`completion_gate` in its config), or 0 when it declares none.
+    min_confidence: float = MODEL_CALIBRATED
+    # Cut a suggestion before its first token less likely than this (0: never; -1: the model's).
+    min_token_prob: float = MODEL_CALIBRATED
 
     def __post_init__(self) -> None:
         if self.strategy not in EDIT_STRATEGIES:
@@ -71,6 +82,10 @@ class CompletionSettings:
             raise SettingsError(
                 f"fim_layout {self.fim_layout!r} is not one of {', '.join(FIM_LAYOUTS)}"
             )
+        if not isinstance(self.heal_tokens, bool):
+            raise SettingsError(f"heal_tokens must be true or false, got {self.heal_tokens!r}")
+        _check_probability("min_confidence", self.min_confidence)
+        _check_probability("min_token_prob", self.min_token_prob)
         share = self.suffix_share
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 0.9:
             raise SettingsError(f"suffix_share must be a number in [0, 0.9], got {share!r}")
@@ -83,3 +98,10 @@ class CompletionSettings:
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise SettingsError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_probability(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingsError(f"{name} must be a number in [0, 1] or -1, got {value!r}")
+    if not (0 <= value <= 1 or value == MODEL_CALIBRATED):
+        raise SettingsError(f"{name} must be a number in [0, 1] or -1, got {value!r}")

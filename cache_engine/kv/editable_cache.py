@@ -14,9 +14,10 @@ it; tokens are never exact after a stale one, so one boundary, `exact_tokens`, s
 stale token onward it moves the boundary, and a refresh to the end makes the cache exact.
 
 Storage is one preallocated buffer for all layers, [layers, kv_heads, capacity, head_dim], whose
-capacity grows geometrically. The model's own forward pass reads and writes it through
-`SlabCache`, a transformers `Cache` whose layers are views into the buffer: a forward writes its
-new keys at the slot the engine chooses, which is how new tokens land in the middle.
+capacity grows geometrically. A forward writes its new keys at the slot the engine chooses,
+which is how new tokens land in the middle. For Llama-family models that forward is our own
+(`llama_step.LlamaStep`, which writes the buffer directly); for the others it is the model's,
+through `SlabCache`, a transformers `Cache` whose layers are views into the buffer.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 import kernels
+from cache_engine.kv.llama_step import LlamaStep, UnsupportedStepError
 from cache_engine.kv.rotary import RotarySpec, rotary_spec
 from cache_engine.kv.token_edits import TokenEdit, apply_to_ids, validate_edits
 
@@ -43,8 +45,26 @@ class Drafter(Protocol):
     def record(self, accepted: int) -> None: ...
 
 
+class TokenConstraint(Protocol):
+    """The token ids allowed next after `generated`, or None once decoding is free (token
+    healing: the first tokens must re-create the text the prompt was backed up over).
+
+    Once it answers None it is not asked again."""
+
+    def __call__(self, generated: Sequence[int]) -> torch.Tensor | None: ...
+
+
+# Called with each new id and its log-probability under the model; False stops decoding.
+OnToken = Callable[[int, float], bool]
+
+
 Strategy = Literal["full", "prefix", "pie", "conflict"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+# Which forward pass runs the model: `lean` is our own over the slab (llama_step.py), `hf` the
+# transformers one through `SlabCache`, `auto` lean where the model is supported, else hf.
+ForwardPath = Literal["auto", "lean", "hf"]
+FORWARD_PATHS: tuple[str, ...] = get_args(ForwardPath)
 
 # Long prefills run in chunks so the attention scores of one chunk bound peak memory.
 PREFILL_CHUNK = 2048
@@ -144,8 +164,13 @@ class EditableCache:
         strategy: Strategy = "pie",
         initial_capacity: int = 256,
         max_capacity: int | None = None,
+        forward: ForwardPath = "auto",
     ):
         _check_strategy(strategy)
+        if forward not in FORWARD_PATHS:
+            raise ValueError(
+                f"unknown forward {forward!r}; choose one of {', '.join(FORWARD_PATHS)}"
+            )
         self.model = model
         self.spec = rotary_spec(model)
         self.strategy: Strategy = strategy
@@ -165,6 +190,7 @@ class EditableCache:
         self.dtype = parameter.dtype
         self._slab = _Slab(self.spec, first, self.dtype, self.device)
         self._hf_cache = SlabCache(self._slab, self.spec.num_layers)
+        self._lean_step = self._lean_step_for(forward)
         self._inv_freq = self.spec.inv_freq.to(self.device)
         self._ids: list[int] = []
         # The RoPE position each slot's key carries. `pie`, `prefix` and `full` keep it 0..n−1;
@@ -190,6 +216,11 @@ class EditableCache:
     @property
     def capacity(self) -> int:
         return self._slab.capacity
+
+    @property
+    def forward_path(self) -> Literal["lean", "hf"]:
+        """The forward pass in use (`auto` resolved)."""
+        return "hf" if self._lean_step is None else "lean"
 
     @property
     def positions(self) -> torch.Tensor:
@@ -486,53 +517,65 @@ class EditableCache:
     def generate(
         self,
         max_new_tokens: int,
-        on_token: Callable[[int], bool],
+        on_token: OnToken,
         *,
         draft: Drafter | None = None,
+        constraint: TokenConstraint | None = None,
     ) -> list[int]:
         """Greedy decoding from the cache; generated tokens are dropped from it afterwards.
 
-        `on_token` sees each new id and returns False to stop (a stop rule or a cancellation).
-        With `draft`, each step verifies the drafted continuation of (cached ids + generated
-        ids) in the same forward pass as the step's own token and keeps the drafted tokens
-        that greedy decoding would have produced: the same output in fewer passes.
+        `on_token` sees each new id with its log-probability (under the model's whole
+        distribution, whatever `constraint` allowed) and returns False to stop (a stop rule, a
+        confidence cut or a cancellation). With `constraint`, each token is the most likely of
+        the allowed ones until the constraint lets go. With `draft`, each free step verifies
+        the drafted continuation of (cached ids + generated ids) in the same forward pass as
+        the step's own token and keeps the drafted tokens that greedy decoding would have
+        produced: the same output in fewer passes.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         generated: list[int] = []
         if max_new_tokens == 0:
             return generated
-        logits = self.next_token_logits()
         base = len(self._ids)
         limit = max_new_tokens
         if self.max_capacity is not None:
             limit = min(limit, self.max_capacity - base + 1)
-        token = int(torch.argmax(logits))
+        allowed = constraint(generated) if constraint is not None else None
+        log_probs = torch.log_softmax(self.next_token_logits(), dim=-1)
+        token = _most_likely(log_probs, allowed)
         while True:
             generated.append(token)
-            if not on_token(token) or len(generated) >= limit:
+            if not on_token(token, float(log_probs[token])) or len(generated) >= limit:
                 return generated
+            if allowed is not None:
+                allowed = constraint(generated) if constraint is not None else None
             slot = base + len(generated) - 1
-            proposal = draft(self._ids + generated) if draft is not None else []
+            proposal = draft(self._ids + generated) if draft is not None and allowed is None else []
             # Room for the step's token and the draft, never past what may be generated.
             proposal = proposal[: max(0, limit - len(generated))]
             if self.max_capacity is not None:
                 proposal = proposal[: max(0, self.max_capacity - slot - 1)]
             self._ensure_capacity(slot + 1 + len(proposal), keep=slot)
             step = self._forward([token, *proposal], slot, keep_logits=False, all_logits=True)
+            step_log_probs = torch.log_softmax(step, dim=-1)
             predicted = step.argmax(dim=-1).tolist()
             accepted = 0
             while accepted < len(proposal) and predicted[accepted] == proposal[accepted]:
                 accepted += 1
-            if draft is not None:
+            if draft is not None and proposal:
                 draft.record(accepted)
             for index in range(accepted):
                 # Their keys and values are already in place; the rejected ones are
                 # overwritten by the next pass.
-                generated.append(proposal[index])
-                if not on_token(proposal[index]) or len(generated) >= limit:
+                drafted = proposal[index]
+                generated.append(drafted)
+                if not on_token(drafted, float(step_log_probs[index, drafted])):
                     return generated
-            token = predicted[accepted]
+                if len(generated) >= limit:
+                    return generated
+            log_probs = step_log_probs[accepted]
+            token = _most_likely(log_probs, allowed)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -552,11 +595,24 @@ class EditableCache:
         self, ids: list[int], slot: int, *, keep_logits: bool, all_logits: bool = False
     ) -> torch.Tensor:
         """Run ids at positions slot.. writing K/V at those slots; returns fp32 logits."""
+        input_ids = torch.tensor(ids, device=self.device)
+        if self._lean_step is not None:
+            slab = self._slab
+            logits = self._lean_step(
+                input_ids, slot, slab.keys, slab.values, all_logits=all_logits
+            ).float()
+        else:
+            logits = self._hf_forward(input_ids, slot, all_logits=all_logits)
+        self._positions[slot : slot + len(ids)] = torch.arange(slot, slot + len(ids))
+        self._last_forward_logits = logits[-1]
+        return logits
+
+    def _hf_forward(self, input_ids: torch.Tensor, slot: int, *, all_logits: bool) -> torch.Tensor:
         self._slab.write_at = slot
-        positions = torch.arange(slot, slot + len(ids), device=self.device)
+        positions = torch.arange(slot, slot + len(input_ids), device=self.device)
         try:
             output = self.model(
-                input_ids=torch.tensor([ids], device=self.device),
+                input_ids=input_ids[None],
                 position_ids=positions[None],
                 cache=self._hf_cache,
                 use_cache=True,
@@ -564,10 +620,17 @@ class EditableCache:
             )
         finally:
             self._slab.write_at = 0
-        self._positions[slot : slot + len(ids)] = positions.cpu()
-        logits = output.logits[0].float()
-        self._last_forward_logits = logits[-1]
-        return logits
+        return output.logits[0].float()
+
+    def _lean_step_for(self, forward: ForwardPath) -> LlamaStep | None:
+        if forward == "hf":
+            return None
+        try:
+            return LlamaStep(self.model)
+        except UnsupportedStepError:
+            if forward == "lean":
+                raise
+            return None
 
     def _checked_ids(self, ids: Sequence[int] | torch.Tensor, what: str) -> list[int]:
         if isinstance(ids, torch.Tensor):
@@ -620,3 +683,11 @@ class EditableCache:
 def _check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _most_likely(log_probs: torch.Tensor, allowed: torch.Tensor | None) -> int:
+    if allowed is None:
+        return int(torch.argmax(log_probs))
+    if allowed.numel() == 0:
+        raise ValueError("the token constraint allows no token at all")
+    return int(allowed[torch.argmax(log_probs[allowed])])

@@ -55,7 +55,7 @@ def complete_middle_line(loaded: LoadedModel, cache: EditableCache, max_tokens: 
     pieces: list[int] = []
     stop_ids = set(loaded.eos_token_ids) | set(loaded.tokenizer.all_special_ids)
 
-    def keep_going(token: int) -> bool:
+    def keep_going(token: int, log_prob: float) -> bool:
         if token in stop_ids:
             return False
         pieces.append(token)
@@ -101,7 +101,7 @@ def decode_step_ms(loaded: LoadedModel, texts: list[str], cache_tokens: int = 20
     times: list[float] = []
     last = [time.perf_counter()]
 
-    def clock(token: int) -> bool:
+    def clock(token: int, log_prob: float) -> bool:
         now = time.perf_counter()
         times.append(now - last[0])
         last[0] = now

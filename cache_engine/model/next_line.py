@@ -25,7 +25,7 @@ def generate_next_line(
     pieces: list[int] = []
     stop_ids = set(eos_token_ids) | set(tokenizer.all_special_ids)
 
-    def until_line_ends(token: int) -> bool:
+    def until_line_ends(token: int, log_prob: float) -> bool:
         if token in stop_ids:
             return False
         pieces.append(token)

@@ -179,6 +179,19 @@ class IncrementalTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
+    def text_bytes(self, ids: Sequence[int]) -> bytes:
+        """The document bytes `ids` stand for. Unlike `decode`, a token's leading space is kept
+        at the start too: generated text is inserted mid-document, never at its start."""
+        table = self._token_bytes
+        return b"".join(
+            table[i] if table[i] is not _UNKNOWN_TOKEN else self.decode([i]).encode() for i in ids
+        )
+
+    def token_bytes(self) -> list[bytes]:
+        """The UTF-8 bytes each token id stands for in document text, indexed by id; special
+        ids and ids text cannot produce map to bytes no text contains."""
+        return self._token_bytes[: len(self._token_bytes) // 2]
+
     def verify(self, text: str, ids: Sequence[int]) -> bool:
         """Whether ids are exactly the fresh tokenization of text; counts a mismatch if not."""
         ok = list(ids) == self.encode(text)

@@ -26,6 +26,9 @@ const SERVER_SETTINGS = [
   'maxRegions',
   'midLine',
   'speculativeTokens',
+  'healTokens',
+  'minConfidence',
+  'minTokenProb',
 ];
 
 /**

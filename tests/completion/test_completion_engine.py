@@ -243,7 +243,9 @@ def test_model_without_fim_tokens_gets_the_left_context(loaded_random_model) -> 
     cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
     engine.complete(URI, cursor)
     session = engine.active_region(URI)
-    assert session.prompt.right is None and SOURCE[:cursor].endswith(session.prompt.left)
+    assert session.prompt.right is None and SOURCE[:cursor].endswith(
+        session.prompt.left + session.prompt.healed
+    )
     assert session.cache.token_ids == engine.tokenizer.encode(session.prompt.left)
     assert len(session.cache) <= 128
     edit(engine, 2, cursor, cursor, "abc")
@@ -269,3 +271,50 @@ def test_mid_line_completions_only_before_closing_text(loaded_random_model) -> N
     assert engine.complete(URI, before_closer).reason != "code after the cursor on its line"
     engine.update_settings(replace(engine.settings, mid_line="always"))
     assert engine.complete(URI, before_code).reason != "code after the cursor on its line"
+
+
+def test_token_healing_backs_the_prompt_up_and_strips_what_it_recreates(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + len("    val")
+    completion = engine.complete(URI, cursor)
+    region = engine.active_region(URI)
+    # The shipped tokenizer splits indentation so that its last space starts the word.
+    assert region.prompt.healed == " val"
+    assert SOURCE[:cursor].endswith(region.prompt.left + " val")
+    assert cached_prompt_is_consistent(engine)
+    assert completion.tokens_generated > 0
+    unhealed = CompletionEngine(engine.loaded, replace(engine.settings, heal_tokens=False))
+    unhealed.open_document(URI, SOURCE, 1, "python")
+    unhealed.complete(URI, cursor)
+    assert unhealed.active_region(URI).prompt.healed == ""
+
+
+def test_confidence_gate_and_token_cut(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + len("    value = ")
+    shown = engine.complete(URI, cursor)
+    assert shown.text and shown.confidence is not None and 0 < shown.confidence <= 1
+    engine.update_settings(replace(engine.settings, min_confidence=1.0))
+    gated = engine.complete(URI, cursor)
+    assert gated.text == "" and "minConfidence" in gated.reason
+    assert engine.stats(URI)[URI]["below_confidence_gate"] == 1
+    engine.update_settings(replace(engine.settings, min_confidence=0.0, min_token_prob=1.0))
+    cut = engine.complete(URI, cursor)
+    assert cut.text == "" and cut.reason == "low-confidence token"
+    with pytest.raises(SettingsError, match="min_confidence"):
+        engine.update_settings(replace(engine.settings, min_confidence=1.5))
+    assert engine.settings.min_token_prob == 1.0
+
+
+def test_confidence_settings_of_minus_one_take_the_models_calibration(engine) -> None:
+    from cache_engine.completion.confidence import ConfidenceGate
+
+    settings = replace(engine.settings, min_confidence=-1, min_token_prob=-1)
+    engine.update_settings(settings)
+    assert engine.confidence_gate() == ConfidenceGate(0.0, 0.0)  # the random model has none
+    engine.model_gate = ConfidenceGate(1.0, 0.0)
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + len("    value = ")
+    assert engine.complete(URI, cursor).text == ""
+    engine.update_settings(replace(settings, min_confidence=0.0))
+    assert engine.complete(URI, cursor).text != ""

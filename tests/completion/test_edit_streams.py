@@ -131,7 +131,7 @@ def check_cache(engine: CompletionEngine, uri: str, text: str, cursor: int) -> N
     assert snapshot.text == text
     assert region is not None and region.cache is not None and region.prompt is not None
     window, prompt = snapshot.windows[region.id], region.prompt
-    assert prompt.left == text[window.start : cursor]
+    assert prompt.left + prompt.healed == text[window.start : cursor]
     ids = region.cache.token_ids
     tokenizer = engine.tokenizer
     if region.layout is None:

@@ -196,7 +196,7 @@ def test_generate_matches_transformers_and_leaves_cache(llama):
     cache = EditableCache(llama, strategy="pie", initial_capacity=16)
     cache.reset(ids)
     keys_before = cache.layer_kv(1)[0]
-    out = cache.generate(20, lambda token: True)
+    out = cache.generate(20, lambda token, log_prob: True)
     reference = llama.generate(
         torch.tensor([ids]),
         max_new_tokens=20,
@@ -208,7 +208,7 @@ def test_generate_matches_transformers_and_leaves_cache(llama):
     assert out == reference[0, 30:].tolist()
     assert cache.token_ids == ids
     torch.testing.assert_close(cache.layer_kv(1)[0], keys_before)
-    stopped = cache.generate(20, lambda token: False)
+    stopped = cache.generate(20, lambda token, log_prob: False)
     assert len(stopped) == 1
 
 
@@ -297,8 +297,43 @@ def test_growth_during_generation_keeps_buffers_editable(llama):
     ids = random_ids(14, 13)
     cache = EditableCache(llama, strategy="pie", initial_capacity=16)
     cache.reset(ids)
-    cache.generate(10, lambda token: True)
+    cache.generate(10, lambda token, log_prob: True)
     assert cache.capacity == 32
     cache.insert(0, [5, 6])
     reference = fresh(llama, [5, 6, *ids])
     torch.testing.assert_close(cache.layer_kv(0)[0], reference.layer_kv(0)[0], atol=ATOL, rtol=0)
+
+
+def test_generate_reports_each_tokens_log_probability(llama):
+    ids = random_ids(30, 9)
+    cache = EditableCache(llama, strategy="pie")
+    cache.reset(ids)
+    seen: list[tuple[int, float]] = []
+    out = cache.generate(6, lambda token, log_prob: seen.append((token, log_prob)) or True)
+    assert [token for token, _ in seen] == out
+    for step, (token, log_prob) in enumerate(seen):
+        logits = fresh(llama, ids + out[:step]).next_token_logits()
+        expected = torch.log_softmax(logits, dim=-1)[token]
+        assert abs(log_prob - float(expected)) < 1e-4
+
+
+def test_constrained_tokens_are_the_most_likely_allowed_ones(llama):
+    ids = random_ids(30, 10)
+    cache = EditableCache(llama, strategy="pie")
+    cache.reset(ids)
+    free = cache.generate(4, lambda token, log_prob: True)
+    banned = free[0]
+    allowed = torch.tensor([i for i in range(llama.config.vocab_size) if i != banned])
+
+    def first_two(generated):
+        return allowed if len(generated) < 2 else None
+
+    out = cache.generate(4, lambda token, log_prob: True, constraint=first_two)
+    logits = cache.next_token_logits()
+    masked = logits.clone()
+    masked[banned] = float("-inf")
+    assert out[0] == int(masked.argmax()) != banned
+    # Once the constraint lets go, decoding is plain greedy from what was generated.
+    reference = fresh(llama, ids + out[:2]).generate(2, lambda token, log_prob: True)
+    assert out[2:] == reference
+    assert cache.token_ids == ids

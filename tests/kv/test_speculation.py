@@ -35,7 +35,7 @@ class Scripted:
 def decode(model, prompt: list[int], steps: int, draft=None, **cache_options) -> list[int]:
     cache = EditableCache(model, strategy="pie", **cache_options)
     cache.reset(prompt)
-    out = cache.generate(steps, lambda token: True, draft=draft)
+    out = cache.generate(steps, lambda token, log_prob: True, draft=draft)
     assert cache.token_ids == prompt  # nothing generated stays
     return out
 
@@ -73,7 +73,7 @@ def test_stopping_inside_an_accepted_draft(llama) -> None:
     cache.reset(prompt)
     seen: list[int] = []
 
-    def stop_at_seven(token: int) -> bool:
+    def stop_at_seven(token: int, log_prob: float) -> bool:
         seen.append(token)
         return len(seen) < 7
 

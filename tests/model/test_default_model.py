@@ -90,7 +90,7 @@ def test_completes_held_out_code_into_parsable_lines(loaded):
         cache.reset(ids[-700:])
         pieces: list[int] = []
 
-        def until_newline(token: int, pieces: list[int] = pieces) -> bool:
+        def until_newline(token: int, log_prob: float, pieces: list[int] = pieces) -> bool:
             if token in loaded.eos_token_ids:
                 return False
             pieces.append(token)

@@ -38,7 +38,9 @@ RETURN_LINE = LINES.index("def add(a, b):") + 1
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client():
     lsp_client = await start_server(
-        ["--model", MODEL], initialization_options={"pieLsp": {"debounceMs": 0}}
+        ["--model", MODEL],
+        # The gate is tested on its own; here every place must get a suggestion.
+        initialization_options={"pieLsp": {"debounceMs": 0, "minConfidence": 0, "minTokenProb": 0}},
     )
     ready = await wait_for_model(lsp_client, timeout=300)
     assert ready["modelState"] == "ready", ready

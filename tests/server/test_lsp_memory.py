@@ -97,7 +97,8 @@ def fresh_completion(model: Path, text: str, offset: int) -> str:
     from cache_engine.text.text_change import line_suffix
 
     engine = CompletionEngine(
-        load_model(str(model)), CompletionSettings(max_new_tokens=16, mid_line="always")
+        load_model(str(model)),
+        CompletionSettings(max_new_tokens=16, mid_line="always", heal_tokens=False),
     )
     engine.open_document(uri(0), text, 1, "python")
     # The inline item keeps the rest of the cursor's line after the completion.

@@ -9,7 +9,6 @@ first space). The last two are trained here on standard-library modules that the
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import sysconfig
@@ -20,20 +19,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import normalizers
 
 from cache_engine.kv.token_edits import TokenEdit, apply_to_ids, validate_edits
 from cache_engine.text.incremental_tokenizer import IncrementalTokenizer, TokenizerRoundTripError
+from tests.text.tokenizers import SPECIAL, incremental_tokenizer, qwen_style, tokenizer_named
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DEFAULT_TOKENIZER = Path(__file__).parents[2] / "cache_engine" / "default_model" / "tokenizer.json"
 # Held out from the default model's training corpus (cache_engine/training_corpus.py).
 HELD_OUT = ("textwrap.py", "csv.py")
-SPECIAL = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
-QWEN_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Pieces that stress token boundaries: indentation, line ends, split characters, special-token
 # strings, contractions, digits. U+2581 is left out: SentencePiece-style tokenizers cannot keep
 # it apart from a space (tested separately).
@@ -67,74 +62,6 @@ PIECES = (
     "  \n\n    ",
     "\r\n\t",
 )
-
-
-def _corpus() -> list[str]:
-    texts = [(STDLIB / name).read_text() for name in ("string.py", "glob.py", "fnmatch.py")]
-    texts.append("\u00e9 \u00fc \u4e2d\u6587 \u2014 \U0001f600 \t\t\r\n 0123456789 <|endoftext|>")
-    return texts
-
-
-def _qwen_style() -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1200,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    return tokenizer
-
-
-def _sentencepiece_style() -> Tokenizer:
-    # Trained on words so that merges stay plausible, then used like Llama's tokenizer.json:
-    # no pre-tokenizer, so BPE sees the whole text as one word.
-    trainee = Tokenizer(models.BPE())
-    trainee.normalizer = normalizers.Replace(" ", "\u2581")
-    trainee.pre_tokenizer = pre_tokenizers.Split(
-        Regex("\u2581*[^\u2581\\s]+|\u2581+|\\s"), behavior="isolated"
-    )
-    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=SPECIAL, show_progress=False)
-    trainee.train_from_iterator(_corpus(), trainer=trainer)
-    model = json.loads(trainee.to_str())["model"]
-    vocab = dict(model["vocab"])
-    for byte in range(256):
-        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    tokenizer = Tokenizer(models.BPE(vocab, merges, byte_fallback=True, fuse_unk=True))
-    tokenizer.add_special_tokens(SPECIAL)
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
-    )
-    tokenizer.decoder = decoders.Sequence(
-        [
-            decoders.Replace("\u2581", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(" ", 1, 0),
-        ]
-    )
-    return tokenizer
-
-
-@cache
-def _tokenizer(name: str) -> Tokenizer:
-    if name == "default":
-        return Tokenizer.from_file(str(DEFAULT_TOKENIZER))
-    return _qwen_style() if name == "qwen_style" else _sentencepiece_style()
-
-
-@cache
-def _incremental(name: str) -> IncrementalTokenizer:
-    return IncrementalTokenizer(_tokenizer(name))
 
 
 @cache
@@ -215,8 +142,8 @@ def _random_change(data: st.DataObject, text: str) -> tuple[int, int, str]:
 )
 @given(document=_document(), data=st.data())
 def test_edit_streams_match_fresh_tokenization(name: str, document: str, data: st.DataObject):
-    it = _incremental(name)
-    special = {_tokenizer(name).token_to_id(s) for s in SPECIAL}
+    it = incremental_tokenizer(name)
+    special = {tokenizer_named(name).token_to_id(s) for s in SPECIAL}
     text, ids = document, it.encode(document)
     offsets = None
     for _ in range(data.draw(st.integers(1, 12), label="steps")):
@@ -252,7 +179,7 @@ def test_edit_streams_match_fresh_tokenization(name: str, document: str, data: s
 
 def test_long_edit_stream_on_a_whole_file():
     """Many keystroke-sized edits on a whole held-out module, reusing offsets between them."""
-    it = _incremental("default")
+    it = incremental_tokenizer("default")
     rng = random.Random(20240601)
     text = _source("textwrap.py")
     ids = it.encode(text)
@@ -447,20 +374,20 @@ def test_ids_that_do_not_decode_to_the_text_are_rejected(incremental):
 
 
 def test_tokenizers_that_cannot_round_trip_are_refused():
-    lowercasing = _qwen_style()
+    lowercasing = qwen_style()
     lowercasing.normalizer = normalizers.Lowercase()
     with pytest.raises(TokenizerRoundTripError):
         IncrementalTokenizer(lowercasing)
     with pytest.raises(TypeError):
         IncrementalTokenizer(object())
-    sentencepiece = _incremental("sentencepiece_style")
+    sentencepiece = incremental_tokenizer("sentencepiece_style")
     text = "a = 1\n"
     with pytest.raises(TokenizerRoundTripError):
         sentencepiece.edits_for_range(text, sentencepiece.encode(text), 0, 0, "\u2581")
 
 
 def test_verify_counts_mismatches():
-    it = IncrementalTokenizer(_qwen_style())
+    it = IncrementalTokenizer(qwen_style())
     assert it.verify("a b", it.encode("a b"))
     assert not it.verify("a b", it.encode("a c"))
     assert it.stats.mismatches == 1

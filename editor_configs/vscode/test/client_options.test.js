@@ -62,7 +62,7 @@ test('every server setting is documented in package.json with its range', () => 
     assert.ok(property.markdownDescription || property.description, `pieLsp.${key} has no description`);
     if (property.type === 'integer' || property.type === 'number') {
       assert.ok('minimum' in property && 'maximum' in property, `pieLsp.${key} has no range`);
-    } else {
+    } else if (property.type !== 'boolean') {
       assert.ok(Array.isArray(property.enum), `pieLsp.${key} lists no values`);
     }
   }

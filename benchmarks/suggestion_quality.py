@@ -1,0 +1,425 @@
+"""Are the suggestions worth showing? Ghost text at the places people ask for it, in unseen code.
+
+    python -m benchmarks.suggestion_quality                  # default model, 144 places
+    python -m benchmarks.suggestion_quality --places 48      # a quicker run
+    python -m benchmarks.suggestion_quality --model DIR --output results.json
+
+Places come from packages kept out of the training corpus (`EVALUATION_PACKAGES`: requests,
+click, attrs, rich, typer), a third of each kind:
+- line start: after the indentation of a line of code (not inside a string or a comment);
+- after `name.`: where an attribute follows;
+- mid-line after `(`: where arguments follow.
+Generated files and tables of numbers (rich's unicode data) are left out.
+At each place the rest of the line is deleted, as if the user were writing it, and the engine
+completes at the cursor (`CompletionEngine.complete`, the server's own path, FIM layout as the
+model declares). The true rest of the line is the reference:
+- right start: the suggestion's first 8 characters are the truth's (or both lines are shorter
+  and equal);
+- exact first line: the suggestion's first line is the truth;
+- junk start: not a right start, and it starts with a lone letter glued to punctuation ("e."),
+  with a word that names nothing in the file or the language, or with a comment stutter ("#  #").
+
+Each configuration (token healing on or off, a token-probability cut) runs once with the gate
+open; the confidence gate (`minConfidence`) is then swept over the recorded confidences, which
+is what the gate compares. Results go to benchmarks/results/suggestion_quality.json and a
+precision-against-shown plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import importlib.util
+import io
+import json
+import keyword
+import platform
+import random
+import re
+import sys
+import time
+import tokenize
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from cache_engine.completion.engine import CompletionEngine
+from cache_engine.completion.settings import CompletionSettings
+from cache_engine.model.corpus import EVALUATION_PACKAGES, is_generated
+from cache_engine.model.loading import DEFAULT_MODEL_DIR, load_model
+
+RESULTS = Path(__file__).parent / "results"
+PlaceKind = Literal["line start", "after name.", "after ("]
+PLACE_KINDS: tuple[PlaceKind, ...] = ("line start", "after name.", "after (")
+# tqdm is the bits-per-byte text outside the corpus; the rest is for places.
+PLACE_PACKAGES = tuple(p for p in EVALUATION_PACKAGES if p != "tqdm")
+GATES = tuple(round(0.05 * i, 2) for i in range(20))
+CUTS = (0.0, 0.02, 0.05, 0.1)
+RIGHT_CHARS = 8
+TABLE_DIGIT_SHARE = 0.15
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LONE_LETTER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[^\w\s]")
+_COMMENT_STUTTER = re.compile(r"\s*#[\s#]*(#|$)")
+_LANGUAGE_NAMES = (
+    set(keyword.kwlist)
+    | set(keyword.softkwlist)
+    | set(dir(builtins))
+    | set(sys.stdlib_module_names)
+    | {"self", "cls"}
+)
+
+
+@dataclass(frozen=True)
+class Place:
+    kind: PlaceKind
+    path: str  # relative to site-packages
+    cursor: int  # in the original text
+    truth: str  # the rest of the line after the cursor
+
+
+@dataclass(frozen=True)
+class Outcome:
+    suggestion: str
+    confidence: float | None
+    right_start: bool
+    exact_line: bool
+    junk_start: bool
+    seconds: float
+
+
+def package_files() -> list[tuple[str, str]]:
+    """(path relative to site-packages, text) of each package's sources, tests left out."""
+    files: list[tuple[str, str]] = []
+    for package in PLACE_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise SystemExit(f"package {package!r} is not installed; run scripts/setup")
+        root = Path(spec.origin).parent
+        for path in sorted(root.rglob("*.py")):
+            if "test" in path.relative_to(root).parts[0:-1] or path.name.startswith("test"):
+                continue
+            text = path.read_text(encoding="utf-8")
+            # Generated files and tables of numbers are not code anyone types.
+            tables = sum(c.isdigit() for c in text) > TABLE_DIGIT_SHARE * len(text)
+            if 2_000 <= len(text) <= 200_000 and not is_generated(text) and not tables:
+                files.append((str(path.relative_to(root.parent)), text))
+    return files
+
+
+def code_lines(text: str) -> set[int]:
+    """0-based numbers of lines whose first token is code: not a string, comment or blank."""
+    starts: set[int] = set()
+    seen: set[int] = set()
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            row = token.start[0] - 1
+            if row in seen or token.type in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT):
+                continue
+            if token.type == tokenize.DEDENT:
+                continue
+            seen.add(row)
+            if token.type in (tokenize.NAME, tokenize.OP, tokenize.NUMBER):
+                starts.add(row)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return set()
+    return starts
+
+
+def candidate_places(path: str, text: str, kind: PlaceKind) -> Iterator[Place]:
+    offset = 0
+    rows = code_lines(text)
+    for row, line in enumerate(text.splitlines(keepends=True)):
+        body = line.rstrip("\r\n").rstrip()
+        if row in rows and len(body.strip()) >= 4:
+            indent = len(body) - len(body.lstrip())
+            if kind == "line start":
+                yield Place(kind, path, offset + indent, body[indent:])
+            else:
+                marker = "." if kind == "after name." else "("
+                for column in range(indent, len(body) - 1):
+                    after = body[column + 1]
+                    if body[column] != marker or not (after.isalnum() or after in "_'\"["):
+                        continue
+                    if marker == "." and not (column > 0 and body[column - 1].isalnum()):
+                        continue
+                    yield Place(kind, path, offset + column + 1, body[column + 1 :])
+        offset += len(line)
+
+
+def sample_places(count: int, seed: int) -> tuple[list[Place], dict[str, str]]:
+    files = package_files()
+    texts = dict(files)
+    rng = random.Random(seed)
+    places: list[Place] = []
+    for index in range(count):
+        kind = PLACE_KINDS[index % len(PLACE_KINDS)]
+        while True:
+            path, text = files[rng.randrange(len(files))]
+            candidates = list(candidate_places(path, text, kind))
+            if candidates:
+                places.append(candidates[rng.randrange(len(candidates))])
+                break
+    return places, texts
+
+
+def right_start(suggestion: str, truth: str) -> bool:
+    first = suggestion.split("\n", 1)[0]
+    if len(truth) < RIGHT_CHARS or len(first) < RIGHT_CHARS:
+        return first == truth
+    return first[:RIGHT_CHARS] == truth[:RIGHT_CHARS]
+
+
+def junk_start(suggestion: str, truth: str, text: str, cursor: int) -> bool:
+    """Junk as the issue saw it, for a suggestion that does not start right."""
+    if right_start(suggestion, truth) or not suggestion.strip():
+        return False
+    if _COMMENT_STUTTER.match(suggestion):
+        return True
+    # A suggestion that starts inside a word is judged by the whole word.
+    before = re.search(r"[A-Za-z0-9_]*$", text[:cursor])
+    partial = before.group(0) if before is not None else ""
+    head = partial + suggestion if suggestion[:1].isalnum() or suggestion[:1] == "_" else suggestion
+    head = head.lstrip()
+    known = set(_IDENTIFIER.findall(text)) | _LANGUAGE_NAMES
+    lone = _LONE_LETTER.match(head)
+    if lone is not None and len(lone.group(1)) == 1 and lone.group(1) not in known:
+        return True
+    word = _IDENTIFIER.match(head)
+    return word is not None and word.group(0) not in known
+
+
+def run_configuration(
+    engine: CompletionEngine, places: list[Place], texts: dict[str, str]
+) -> list[Outcome]:
+    outcomes = []
+    for index, place in enumerate(places):
+        text = texts[place.path]
+        line_end = text.find("\n", place.cursor)
+        line_end = len(text) if line_end < 0 else line_end
+        document = text[: place.cursor] + text[line_end:]
+        uri = f"file:///place-{index}.py"
+        engine.open_document(uri, document, 1, "python")
+        try:
+            completion = engine.complete(uri, place.cursor)
+        finally:
+            engine.close_document(uri)
+            engine.release_closed()
+        suggestion = completion.text
+        outcomes.append(
+            Outcome(
+                suggestion,
+                completion.confidence,
+                right_start(suggestion, place.truth) if suggestion else False,
+                bool(suggestion) and suggestion.split("\n", 1)[0] == place.truth,
+                junk_start(suggestion, place.truth, text, place.cursor),
+                completion.seconds,
+            )
+        )
+    return outcomes
+
+
+def gate_curve(outcomes: list[Outcome]) -> list[dict[str, float]]:
+    """Shown rate and the quality of what is shown, for each minConfidence."""
+    curve = []
+    for gate in GATES:
+        shown = [o for o in outcomes if o.suggestion and (o.confidence or 0) >= gate]
+        count = len(shown)
+        curve.append(
+            {
+                "min_confidence": gate,
+                "shown_rate": count / len(outcomes),
+                "right_start_of_shown": sum(o.right_start for o in shown) / count if count else 0,
+                "exact_line_of_shown": sum(o.exact_line for o in shown) / count if count else 0,
+                "junk_start_of_shown": sum(o.junk_start for o in shown) / count if count else 0,
+                "exact_line_of_places": sum(o.exact_line for o in shown) / len(outcomes),
+            }
+        )
+    return curve
+
+
+def by_kind(places: list[Place], outcomes: list[Outcome], gate: float) -> dict[str, dict]:
+    result = {}
+    for kind in PLACE_KINDS:
+        chosen = [o for p, o in zip(places, outcomes, strict=True) if p.kind == kind]
+        result[kind] = gate_curve_at(chosen, gate)
+    return result
+
+
+def gate_curve_at(outcomes: list[Outcome], gate: float) -> dict[str, float]:
+    shown = [o for o in outcomes if o.suggestion and (o.confidence or 0) >= gate]
+    count = len(shown) or 1
+    return {
+        "places": len(outcomes),
+        "shown_rate": len(shown) / max(len(outcomes), 1),
+        "right_start_of_shown": sum(o.right_start for o in shown) / count,
+        "junk_start_of_shown": sum(o.junk_start for o in shown) / count,
+    }
+
+
+def choose_default(configurations: list[dict]) -> dict:
+    """With token healing on: the cut and gate that meet the issue's targets with the most
+    shown, else the best right-start share among those that show at least 30 % of the time."""
+    points = [
+        (c, point)
+        for c in configurations
+        if c["heal_tokens"]
+        for point in c["gate_curve"]
+        if point["shown_rate"]
+    ]
+    meeting = [
+        (c, p)
+        for c, p in points
+        if p["right_start_of_shown"] >= 0.25
+        and p["junk_start_of_shown"] <= 0.05
+        and p["shown_rate"] >= 0.30
+    ]
+    if meeting:
+        configuration, point = max(meeting, key=lambda item: item[1]["shown_rate"])
+    else:
+        frequent = [(c, p) for c, p in points if p["shown_rate"] >= 0.30] or points
+        configuration, point = max(frequent, key=lambda item: item[1]["right_start_of_shown"])
+    return {
+        "configuration": configuration["name"],
+        "meets_targets": bool(meeting),
+        "min_token_prob": configuration["min_token_prob"],
+        **point,
+    }
+
+
+def calibrate(model: str, chosen: dict) -> None:
+    """Record the chosen gate in the model's config.json (`completion_gate`), which the
+    engine uses while minConfidence and minTokenProb are -1."""
+    folder = DEFAULT_MODEL_DIR if model == "default" else Path(model)
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["completion_gate"] = {
+        "min_confidence": chosen["min_confidence"],
+        "min_token_prob": chosen["min_token_prob"],
+        "source": "python -m benchmarks.suggestion_quality --calibrate",
+    }
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def plot(configurations: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for configuration in configurations:
+        curve = [p for p in configuration["gate_curve"] if p["shown_rate"] > 0]
+        axis.plot(
+            [p["shown_rate"] for p in curve],
+            [p["right_start_of_shown"] for p in curve],
+            marker="o",
+            markersize=3,
+            label=configuration["name"],
+        )
+    axis.axhline(0.25, color="grey", linestyle=":", linewidth=1)
+    axis.axvline(0.30, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("shown rate (share of places with ghost text)")
+    axis.set_ylabel("right starts among shown (first 8 chars)")
+    axis.set_title("Suggestion quality against how often it is shown (minConfidence swept)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--places", type=int, default=144)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS / "suggestion_quality.json")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="write the gate chosen from the curve into the model folder's config.json",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model)
+    places, texts = sample_places(args.places, args.seed)
+    configurations = []
+    default_outcomes: list[Outcome] = []
+    for heal in (False, True):
+        for cut in CUTS if heal else (0.0,):
+            name = f"{'healing' if heal else 'no healing'}, minTokenProb {cut:g}"
+            settings = CompletionSettings(heal_tokens=heal, min_token_prob=cut, min_confidence=0)
+            engine = CompletionEngine(loaded, settings)
+            started = time.perf_counter()
+            outcomes = run_configuration(engine, places, texts)
+            print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+            configurations.append(
+                {
+                    "name": name,
+                    "heal_tokens": heal,
+                    "min_token_prob": cut,
+                    "gate_curve": gate_curve(outcomes),
+                    "outcomes": [asdict(o) for o in outcomes],
+                }
+            )
+            if heal and cut == 0:
+                default_outcomes = outcomes
+    chosen = choose_default(configurations)
+    if args.calibrate:
+        calibrate(args.model, chosen)
+        loaded = load_model(args.model)
+    defaults = CompletionSettings()
+    gate = CompletionEngine(loaded, defaults).confidence_gate()
+    shipped = next(
+        (
+            c
+            for c in configurations
+            if c["heal_tokens"] == defaults.heal_tokens
+            and c["min_token_prob"] == gate.min_token_prob
+        ),
+        None,
+    )
+    if shipped is None:
+        raise SystemExit(f"no configuration ran with minTokenProb {gate.min_token_prob}")
+    shipped_outcomes = [Outcome(**o) for o in shipped["outcomes"]]
+    shipped_point = gate_curve_at(shipped_outcomes, gate.min_confidence)
+    rng = random.Random(args.seed + 1)
+    samples = [
+        {
+            "kind": places[i].kind,
+            "file": places[i].path,
+            "line_before_cursor": texts[places[i].path][: places[i].cursor].rsplit("\n", 1)[-1],
+            "truth": places[i].truth,
+            "suggestion": default_outcomes[i].suggestion if default_outcomes else None,
+            "confidence": default_outcomes[i].confidence if default_outcomes else None,
+        }
+        for i in sorted(rng.sample(range(len(places)), min(10, len(places))))
+    ]
+    result = {
+        "model": args.model,
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
+        "places": [asdict(p) for p in places],
+        "configurations": configurations,
+        "chosen_from_curve": chosen,
+        "shipped_defaults": {
+            "heal_tokens": defaults.heal_tokens,
+            "min_token_prob": gate.min_token_prob,
+            "min_confidence": gate.min_confidence,
+            **shipped_point,
+            "by_kind": by_kind(places, shipped_outcomes, gate.min_confidence),
+        },
+        "random_samples_shipped_defaults_ungated": samples,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    plot(configurations, args.output.with_suffix(".png"))
+    print(
+        json.dumps({"chosen_from_curve": chosen, "shipped": result["shipped_defaults"]}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()

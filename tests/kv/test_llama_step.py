@@ -1,0 +1,178 @@
+"""The lean forward (llama_step.py) against the transformers forward, on random-weight models.
+
+Both run through an EditableCache on the same operations; logits and every cached key and value
+must agree to fp32 reordering error (atol 1e-5, the tiny models' values are O(1)), and greedy
+decoding must give the same tokens.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.kv.llama_step import LlamaStep, UnsupportedStepError, store_weights_transposed
+from cache_engine.kv.token_edits import TokenEdit
+from tests.model_factory import tiny_model
+
+ATOL = 1e-5
+
+MODELS = {
+    "llama": lambda: tiny_model("llama"),
+    "qwen2": lambda: tiny_model("qwen2"),
+    "mistral": lambda: tiny_model("mistral"),
+    "qwen3": lambda: tiny_model("qwen3", head_dim=16),
+    # Every projection with a bias, and one K/V head per query head (no grouping).
+    "llama-biases-mha": lambda: tiny_model(
+        "llama", attention_bias=True, mlp_bias=True, num_key_value_heads=4
+    ),
+    # yarn scales cos and sin by its attention factor.
+    "llama-yarn": lambda: tiny_model(
+        "llama",
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 1024,
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param]()
+
+
+def random_ids(n: int, seed: int, vocab: int = 160) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(vocab) for _ in range(n)]
+
+
+def twin_caches(model, ids: list[int], **options) -> tuple[EditableCache, EditableCache]:
+    lean = EditableCache(model, strategy="pie", forward="lean", **options)
+    hf = EditableCache(model, strategy="pie", forward="hf", **options)
+    assert (lean.forward_path, hf.forward_path) == ("lean", "hf")
+    lean.reset(ids)
+    hf.reset(ids)
+    return lean, hf
+
+
+def assert_same_cache(lean: EditableCache, hf: EditableCache) -> None:
+    assert lean.token_ids == hf.token_ids
+    assert torch.equal(lean.positions, hf.positions)
+    for layer in range(lean.spec.num_layers):
+        lean_keys, lean_values = lean.layer_kv(layer)
+        hf_keys, hf_values = hf.layer_kv(layer)
+        torch.testing.assert_close(lean_keys, hf_keys, atol=ATOL, rtol=0)
+        torch.testing.assert_close(lean_values, hf_values, atol=ATOL, rtol=0)
+
+
+def assert_close_logits(lean: torch.Tensor, hf: torch.Tensor) -> None:
+    assert lean.dtype == hf.dtype == torch.float32
+    torch.testing.assert_close(lean, hf, atol=ATOL, rtol=0)
+
+
+def test_prefill_decode_and_verify_match_transformers(model) -> None:
+    # Over two prefill chunks' worth would be slow; 300 tokens still spans many rotary periods.
+    lean, hf = twin_caches(model, random_ids(300, 1), initial_capacity=16)
+    assert_close_logits(lean.next_token_logits(), hf.next_token_logits())
+    assert_same_cache(lean, hf)
+    for token in random_ids(3, 2):  # decode: one token at a time
+        assert_close_logits(lean.append([token]), hf.append([token]))
+    assert_same_cache(lean, hf)
+    verify = random_ids(6, 3)  # a drafted continuation, scored in one pass at the end
+    assert_close_logits(lean.score(verify), hf.score(verify))
+    assert_same_cache(lean, hf)
+
+
+def test_pie_edits_in_the_middle_match_transformers(model) -> None:
+    lean, hf = twin_caches(model, random_ids(120, 4))
+    edits = [
+        [TokenEdit.insert(40, tuple(random_ids(5, 5)))],
+        [TokenEdit.delete(10, 17)],
+        [TokenEdit.replace(60, 62, tuple(random_ids(3, 6))), TokenEdit.insert(90, (7,))],
+    ]
+    for batch in edits:
+        lean.apply_edits(batch)
+        hf.apply_edits(batch)
+        assert lean.exact_tokens == hf.exact_tokens
+        assert_same_cache(lean, hf)
+        # Re-feeds the stale last token through each forward.
+        assert_close_logits(lean.next_token_logits(), hf.next_token_logits())
+    lean.refresh_stale(chunk=32)
+    hf.refresh_stale(chunk=32)
+    assert_same_cache(lean, hf)
+    assert_close_logits(lean.next_token_logits(), hf.next_token_logits())
+
+
+def test_greedy_generation_is_the_same_on_both_forwards(model) -> None:
+    lean, hf = twin_caches(model, random_ids(50, 7), initial_capacity=16)
+    # The slab grows twice while decoding: the lean step must follow the new buffers.
+    lean_tokens = lean.generate(40, lambda *_: True)
+    hf_tokens = hf.generate(40, lambda *_: True)
+    assert lean_tokens == hf_tokens
+    assert len(lean_tokens) == 40
+
+
+def test_the_step_returns_the_last_or_all_logits(model) -> None:
+    step = LlamaStep(model)
+    spec = EditableCache(model, forward="hf").spec
+    shape = (spec.num_layers, spec.num_kv_heads, 32, spec.head_dim)
+    keys, values = torch.zeros(shape), torch.zeros(shape)
+    ids = torch.tensor(random_ids(10, 8))
+    all_logits = step(ids, 3, keys, values, all_logits=True)
+    last = step(ids, 3, keys, values)
+    assert all_logits.shape == (10, model.config.vocab_size)
+    assert last.shape == (1, model.config.vocab_size)
+    torch.testing.assert_close(last[0], all_logits[-1], atol=ATOL, rtol=0)
+    # Slots before 3 and from 13 on were not written.
+    assert not keys[:, :, :3].any() and not keys[:, :, 13:].any()
+    with pytest.raises(ValueError, match="do not fit"):
+        step(ids, 25, keys, values)
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neox", "phi", "starcoder2"])
+def test_other_architectures_keep_the_transformers_forward(model_type) -> None:
+    other = tiny_model(model_type)
+    with pytest.raises(UnsupportedStepError, match=repr(model_type)):
+        LlamaStep(other)
+    assert EditableCache(other).forward_path == "hf"
+    with pytest.raises(UnsupportedStepError, match=repr(model_type)):
+        EditableCache(other, forward="lean")
+
+
+def test_an_unknown_forward_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown forward"):
+        EditableCache(tiny_model("llama"), forward="fast")  # type: ignore[arg-type]
+
+
+def test_auto_picks_the_lean_forward_for_llama() -> None:
+    assert EditableCache(tiny_model("llama")).forward_path == "lean"
+
+
+def test_weights_stored_transposed_give_the_same_logits() -> None:
+    model = tiny_model("qwen2", seed=3)
+    ids = random_ids(60, 9)
+    built_before = EditableCache(model, forward="lean")
+    built_before.reset(ids)
+    expected = built_before.next_token_logits().clone()
+    assert store_weights_transposed(model) > 0
+    assert not model.model.layers[0].mlp.up_proj.weight.is_contiguous()
+    assert model.model.layers[0].mlp.up_proj.weight.t().is_contiguous()
+    for forward in ("lean", "hf"):
+        cache = EditableCache(model, forward=forward)
+        cache.reset(ids)
+        assert_close_logits(cache.next_token_logits(), expected)
+    # A step multiplies by the parameters as they are now, even when their data was replaced
+    # (as above) after it was built.
+    with torch.no_grad():
+        up = model.model.layers[0].mlp.up_proj.weight
+        up.data = up.data * 2
+    reference = EditableCache(model, forward="hf")
+    reference.reset(ids)
+    built_before.reset(ids)
+    assert_close_logits(built_before.next_token_logits(), reference.next_token_logits())
+    assert not torch.allclose(reference.next_token_logits(), expected, atol=ATOL)
