@@ -1,0 +1,245 @@
+"""Greedy decoding speed from a long cache: the engine's lean step, its transformers forward, and a
+plain transformers greedy loop, against the floor set by reading the weights once per token.
+
+    python -m benchmarks.bench_decode                        # default model + 0.5B shape, 4 layers
+    python -m benchmarks.bench_decode --qwen-layers 24       # the whole 0.5B shape (2 GB fp32)
+    python -m benchmarks.bench_decode --models default --repeats 9
+
+Each method decodes --new-tokens tokens after the same --context random token ids:
+  lean    EditableCache(forward="lean").generate: our forward over the slab (llama_step.py)
+  hf      EditableCache(forward="hf").generate: the transformers forward through SlabCache
+  plain   model(input_ids=[[token]], cache=DynamicCache) in a loop, argmax, nothing else
+ms/token is a run's time over its forward passes (the first token comes from the prefill's
+logits). Each model is measured with its weights as loaded, then again after
+`store_weights_transposed` (the same values, stored [in, out], which one-token products stream). The methods take turns within each repeat, so load on the machine falls on all of them;
+the tables show medians. The weight-read floor is the bytes of weights one step reads over the
+read bandwidth of this machine (a sum over a large tensor, same threads). A 0.5B run with fewer
+layers is also scaled to the full 24 layers by weight bytes, which assumes a bandwidth-bound step.
+Results go to benchmarks/results/decode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
+from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
+from cache_engine.model.loading import load_model
+
+RESULTS = Path(__file__).parent / "results" / "decode.json"
+METHODS = ("lean", "hf", "plain")
+
+
+def read_bandwidth(repeats: int = 5) -> float:
+    """Bytes per second this machine reads from memory, by summing a tensor far larger than L3."""
+    big = torch.ones(128 * 2**20)  # 512 MiB
+    big.sum()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        big.sum()
+        seconds.append(time.perf_counter() - started)
+    return big.nbytes / statistics.median(seconds)
+
+
+def engine_decoder(model: PreTrainedModel, ids: list[int], new_tokens: int, forward: str):
+    cache = EditableCache(
+        model, strategy="pie", initial_capacity=len(ids) + new_tokens + 16, forward=forward
+    )
+    cache.reset(ids)
+
+    def decode() -> list[int]:
+        # generate drops what it decoded, so every run starts from the same cache.
+        return cache.generate(new_tokens, lambda *_: True)
+
+    return decode
+
+
+def plain_decoder(model: PreTrainedModel, ids: list[int], new_tokens: int):
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        prefill = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+    first = int(prefill.logits[0, -1].argmax())
+
+    @torch.inference_mode()
+    def decode() -> list[int]:
+        cache.crop(len(ids) - cache.get_seq_length())  # drop the last run's tokens
+        tokens = [first]
+        while len(tokens) < new_tokens:
+            step = model(input_ids=torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True).logits
+            tokens.append(int(step[0, -1].argmax()))
+        return tokens
+
+    return decode
+
+
+def measure(
+    decoders: dict[str, Callable[[], list[int]]], repeats: int, forwards: int
+) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {method: [] for method in METHODS}
+    for repeat in range(repeats):
+        # Rotate who goes first, so a burst of load does not always hit the same method.
+        order = METHODS[repeat % 3 :] + METHODS[: repeat % 3]
+        for method in order:
+            started = time.perf_counter()
+            decoders[method]()
+            samples[method].append((time.perf_counter() - started) * 1000 / forwards)
+    return samples
+
+
+def run_model(
+    name: str, model: PreTrainedModel, args: argparse.Namespace, bandwidth: float
+) -> list[dict]:
+    """One row per weight layout: as loaded, then stored transposed (store_weights_transposed)."""
+    config = model.config
+    ids = [random.Random(0).randrange(config.vocab_size) for _ in range(args.context)]
+    started = time.perf_counter()
+    decoders: dict[str, Callable[[], list[int]]] = {
+        "lean": engine_decoder(model, ids, args.new_tokens, "lean"),
+        "hf": engine_decoder(model, ids, args.new_tokens, "hf"),
+        "plain": plain_decoder(model, ids, args.new_tokens),
+    }
+    print(f"{name}: three {args.context}-token prefills in {time.perf_counter() - started:.1f}s")
+    weight_bytes = LlamaStep(model).weight_bytes_per_step()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_bytes = (
+        2 * config.num_hidden_layers * config.num_key_value_heads * args.context * head_dim
+    ) * next(model.parameters()).element_size()
+    floor_ms = weight_bytes / bandwidth * 1000
+    rows = []
+    for layout in args.layouts:
+        if layout == "transposed":
+            # Same values, so the prefilled caches stay valid.
+            store_weights_transposed(model)
+        tokens = {method: decode() for method, decode in decoders.items()}  # also the warm-up
+        samples = measure(decoders, args.repeats, args.new_tokens - 1)
+        ms = {method: statistics.median(values) for method, values in samples.items()}
+        rows.append(
+            {
+                "model": name,
+                "weights": layout,
+                "layers": config.num_hidden_layers,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "weight_bytes_per_step": weight_bytes,
+                "kv_bytes_per_step": kv_bytes,
+                "weight_read_floor_ms": floor_ms,
+                "ms_per_token": ms,
+                "samples_ms_per_token": samples,
+                "lean_over_plain": ms["lean"] / ms["plain"],
+                "hf_over_plain": ms["hf"] / ms["plain"],
+                "lean_over_weight_floor": ms["lean"] / floor_ms,
+                "same_tokens": tokens["lean"] == tokens["hf"] == tokens["plain"],
+            }
+        )
+    return rows
+
+
+def scaled_qwen_row(row: dict, full_weight_bytes: int) -> dict:
+    scale = full_weight_bytes / row["weight_bytes_per_step"]
+    layers = QWEN_05B_SHAPE["num_hidden_layers"]
+    return {
+        "model": f"{row['model']} scaled to {layers} layers (estimate)",
+        "weights": row["weights"],
+        "layers": layers,
+        "weight_bytes_per_step": full_weight_bytes,
+        "weight_read_floor_ms": row["weight_read_floor_ms"] * scale,
+        "ms_per_token": {method: ms * scale for method, ms in row["ms_per_token"].items()},
+        "lean_over_plain": row["lean_over_plain"],
+        "hf_over_plain": row["hf_over_plain"],
+        "lean_over_weight_floor": row["lean_over_weight_floor"],
+    }
+
+
+def qwen_weight_bytes(layers: int) -> int:
+    """Weight bytes of one step of the 0.5B shape with `layers` layers, fp32, without building it."""
+    hidden, inter = QWEN_05B_SHAPE["hidden_size"], QWEN_05B_SHAPE["intermediate_size"]
+    heads, kv_heads = QWEN_05B_SHAPE["num_attention_heads"], QWEN_05B_SHAPE["num_key_value_heads"]
+    head_dim = hidden // heads
+    qkv_rows = (heads + 2 * kv_heads) * head_dim
+    attention = hidden * qkv_rows + qkv_rows + heads * head_dim * hidden  # q/k/v have biases
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    # Tied embeddings: lm_head reads the whole matrix, the lookup one row; and the final norm.
+    return 4 * (layers * per_layer + QWEN_05B_SHAPE["vocab_size"] * hidden + 2 * hidden)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        "| model | weights | layers | lean ms | hf ms | plain ms | floor ms | lean/plain "
+        "| lean/floor |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ms = r["ms_per_token"]
+        print(
+            f"| {r['model']} | {r['weights']} | {r['layers']} | {ms['lean']:.2f} | {ms['hf']:.2f} | "
+            f"{ms['plain']:.2f} | {r['weight_read_floor_ms']:.2f} | {r['lean_over_plain']:.2f} | "
+            f"{r['lean_over_weight_floor']:.2f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["default", "qwen2.5-coder-0.5b-shape"])
+    parser.add_argument("--context", type=int, default=2048)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--qwen-layers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=["as-loaded", "transposed"],
+        default=["as-loaded", "transposed"],
+        help="weight layouts to measure, in order (transposed: store_weights_transposed)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    bandwidth = read_bandwidth()
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s with {args.threads} threads")
+    rows = []
+    for name in args.models:
+        if name == "default":
+            model = load_model("default").model
+        else:
+            model = shaped_model({**QWEN_05B_SHAPE, "num_hidden_layers": args.qwen_layers})
+        measured = run_model(name, model, args, bandwidth)
+        rows += measured
+        if name != "default" and args.qwen_layers != QWEN_05B_SHAPE["num_hidden_layers"]:
+            full = qwen_weight_bytes(QWEN_05B_SHAPE["num_hidden_layers"])
+            rows += [scaled_qwen_row(row, full) for row in measured]
+        del model
+    print_table(rows)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "greedy decode ms/token from a long cache",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "read_bandwidth_gb_s": bandwidth / 1e9,
+        },
+        "context": args.context,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    args.output.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
