@@ -49,6 +49,7 @@ import torch
 from cache_engine.completion.engine import CompletionEngine
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.model.corpus import EVALUATION_PACKAGES, is_generated
+from cache_engine.model.evaluation import QUALITY_MARKER
 from cache_engine.model.loading import DEFAULT_MODEL_DIR, load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -261,7 +262,8 @@ def gate_curve_at(outcomes: list[Outcome], gate: float) -> dict[str, float]:
 
 def choose_default(configurations: list[dict]) -> dict:
     """With token healing on: the cut and gate that meet the issue's targets with the most
-    shown, else the best right-start share among those that show at least 30 % of the time."""
+    shown; else, among those that show at least 30 % of the time, the one with the most right
+    starts net of junk starts (what a shown suggestion is worth to the user, roughly)."""
     points = [
         (c, point)
         for c in configurations
@@ -280,7 +282,10 @@ def choose_default(configurations: list[dict]) -> dict:
         configuration, point = max(meeting, key=lambda item: item[1]["shown_rate"])
     else:
         frequent = [(c, p) for c, p in points if p["shown_rate"] >= 0.30] or points
-        configuration, point = max(frequent, key=lambda item: item[1]["right_start_of_shown"])
+        configuration, point = max(
+            frequent,
+            key=lambda item: item[1]["right_start_of_shown"] - item[1]["junk_start_of_shown"],
+        )
     return {
         "configuration": configuration["name"],
         "meets_targets": bool(meeting),
@@ -301,6 +306,43 @@ def calibrate(model: str, chosen: dict) -> None:
         "source": "python -m benchmarks.suggestion_quality --calibrate",
     }
     path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def card_section(result: dict) -> str:
+    """The model card's section on suggestion quality, from this run."""
+    shipped = result["shipped_defaults"]
+    rows = "\n".join(
+        f"| {kind} | {point['places']} | {point['shown_rate']:.0%} | "
+        f"{point['right_start_of_shown']:.0%} | {point['junk_start_of_shown']:.0%} |"
+        for kind, point in shipped["by_kind"].items()
+    )
+    ungated = next(c for c in result["configurations"] if not c["heal_tokens"])["gate_curve"][0]
+    return f"""{QUALITY_MARKER}
+## Suggestion quality (`python -m benchmarks.suggestion_quality --calibrate`)
+
+{len(result["places"])} cursor places in code outside the training corpus (requests, click, attrs,
+rich, typer), the rest of the line deleted, completed through `CompletionEngine` with token
+healing, minTokenProb {shipped["min_token_prob"]:g} and minConfidence {shipped["min_confidence"]:g}
+(calibrated from the curve in `benchmarks/results/suggestion_quality.png` and recorded as
+`completion_gate` in `config.json`):
+
+| places | n | shown | right first 8 chars, of shown | junk starts, of shown |
+|---|---:|---:|---:|---:|
+{rows}
+| all | {shipped["places"]} | {shipped["shown_rate"]:.0%} | {shipped["right_start_of_shown"]:.0%} | {shipped["junk_start_of_shown"]:.0%} |
+
+Without healing or gate: shown {ungated["shown_rate"]:.0%}, right starts
+{ungated["right_start_of_shown"]:.0%}, junk starts {ungated["junk_start_of_shown"]:.0%}.
+"""
+
+
+def write_card_section(model: str, result: dict) -> None:
+    folder = DEFAULT_MODEL_DIR if model == "default" else Path(model)
+    path = folder / "MODEL_CARD.md"
+    card = path.read_text() if path.exists() else ""
+    if QUALITY_MARKER in card:
+        card = card[: card.index(QUALITY_MARKER)].rstrip() + "\n"
+    path.write_text(card + "\n" + card_section(result))
 
 
 def plot(configurations: list[dict], path: Path) -> None:
@@ -340,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--calibrate",
         action="store_true",
-        help="write the gate chosen from the curve into the model folder's config.json",
+        help="write the gate chosen from the curve into the model folder's config.json, and this run's numbers into its MODEL_CARD.md",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -416,6 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     plot(configurations, args.output.with_suffix(".png"))
+    if args.calibrate:
+        write_card_section(args.model, result)
     print(
         json.dumps({"chosen_from_curve": chosen, "shipped": result["shipped_defaults"]}, indent=1)
     )

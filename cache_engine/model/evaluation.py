@@ -27,6 +27,8 @@ from cache_engine.model.loading import DEFAULT_MODEL_DIR, LoadedModel, load_mode
 from cache_engine.model.next_line import generate_next_line, next_line_context
 
 WINDOW = 1024
+# Where the model card's section written by benchmarks/suggestion_quality.py starts.
+QUALITY_MARKER = "<!-- suggestion quality -->"
 
 
 @torch.inference_mode()
@@ -253,7 +255,11 @@ for useful completions.
 
 {samples}
 """
-    (folder / "MODEL_CARD.md").write_text(card)
+    path = folder / "MODEL_CARD.md"
+    # The suggestion-quality section comes from benchmarks/suggestion_quality.py: keep it.
+    previous = path.read_text() if path.exists() else ""
+    kept = previous[previous.find(QUALITY_MARKER) :] if QUALITY_MARKER in previous else ""
+    path.write_text(card + ("\n" + kept if kept else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
