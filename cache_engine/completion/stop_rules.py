@@ -8,7 +8,7 @@
 - An unmatched closing bracket stops before it (in multi-line mode, brackets left open on the
   cursor's line count as open).
 - Text that repeats what follows the cursor is trimmed, and so is a line that repeats the line
-  before it: both are the usual ways a small model loops.
+  before it or one the completion already wrote: the usual ways a small model loops.
 - A completion that only repeats what follows the cursor, or is blank, is dropped.
 - Mid-line, nothing is offered unless the rest of the line only closes what the cursor is in
   (brackets, quotes, punctuation): editors draw and insert a suggestion before that rest, and
@@ -100,6 +100,7 @@ class CompletionStopper:
         self._brackets = BracketScanner(open_brackets, LINE_COMMENT.get(context.language_id))
         self._block_end = block_end_for(context)
         self._suffix_line = _first_nonblank_line(context.suffix if context.multiline else "")
+        self._written: set[str] = set()
 
     @property
     def stopped(self) -> bool:
@@ -152,11 +153,14 @@ class CompletionStopper:
         cut_here = 0 if first else start
         if stripped == self._previous_line.strip():
             self._cut = cut_here
-        elif stripped == self._suffix_line and _substantial(stripped):
+        elif _substantial(stripped) and (
+            stripped == self._suffix_line or stripped in self._written
+        ):
             self._cut = cut_here
         elif not first and self._block_end.leaves(self._text, start, line_end):
             self._cut = start
         self._previous_line = line
+        self._written.add(stripped)
 
     def _check_line_suffix(self) -> None:
         rest = self.context.line_suffix.strip()

@@ -82,6 +82,12 @@ def test_line_repeating_the_previous_line_stops() -> None:
     assert run(document, "a.append(1)\n    a.append(1)\n    a.append(1)\n") == "a.append(1)"
 
 
+def test_a_block_that_loops_stops_where_it_repeats() -> None:
+    document = "def fill(texts):\n    |\n"
+    looping = "if not texts:\n        return None\n    if not texts:\n        return None\n"
+    assert run(document, looping) == "if not texts:\n        return None"
+
+
 def test_line_repeating_the_suffix_stops() -> None:
     document = "def f():\n    x = 1\n    |\n    return total_value\n"
     assert run(document, "y = x\n    return total_value\n") == "y = x"
