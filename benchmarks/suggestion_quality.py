@@ -312,8 +312,8 @@ def card_section(result: dict) -> str:
     """The model card's section on suggestion quality, from this run."""
     shipped = result["shipped_defaults"]
     rows = "\n".join(
-        f"| {kind} | {point['places']} | {point['shown_rate']:.0%} | "
-        f"{point['right_start_of_shown']:.0%} | {point['junk_start_of_shown']:.0%} |"
+        f"| {kind} | {point['places']} | {point['shown_rate']:.1%} | "
+        f"{point['right_start_of_shown']:.1%} | {point['junk_start_of_shown']:.1%} |"
         for kind, point in shipped["by_kind"].items()
     )
     ungated = next(c for c in result["configurations"] if not c["heal_tokens"])["gate_curve"][0]
@@ -329,10 +329,10 @@ healing, minTokenProb {shipped["min_token_prob"]:g} and minConfidence {shipped["
 | places | n | shown | right first 8 chars, of shown | junk starts, of shown |
 |---|---:|---:|---:|---:|
 {rows}
-| all | {shipped["places"]} | {shipped["shown_rate"]:.0%} | {shipped["right_start_of_shown"]:.0%} | {shipped["junk_start_of_shown"]:.0%} |
+| all | {shipped["places"]} | {shipped["shown_rate"]:.1%} | {shipped["right_start_of_shown"]:.1%} | {shipped["junk_start_of_shown"]:.1%} |
 
-Without healing or gate: shown {ungated["shown_rate"]:.0%}, right starts
-{ungated["right_start_of_shown"]:.0%}, junk starts {ungated["junk_start_of_shown"]:.0%}.
+Without healing or gate: shown {ungated["shown_rate"]:.1%}, right starts
+{ungated["right_start_of_shown"]:.1%}, junk starts {ungated["junk_start_of_shown"]:.1%}.
 """
 
 
@@ -389,7 +389,6 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_model(args.model)
     places, texts = sample_places(args.places, args.seed)
     configurations = []
-    default_outcomes: list[Outcome] = []
     for heal in (False, True):
         for cut in CUTS if heal else (0.0,):
             name = f"{'healing' if heal else 'no healing'}, minTokenProb {cut:g}"
@@ -407,8 +406,6 @@ def main(argv: list[str] | None = None) -> None:
                     "outcomes": [asdict(o) for o in outcomes],
                 }
             )
-            if heal and cut == 0:
-                default_outcomes = outcomes
     chosen = choose_default(configurations)
     if args.calibrate:
         calibrate(args.model, chosen)
@@ -435,8 +432,10 @@ def main(argv: list[str] | None = None) -> None:
             "file": places[i].path,
             "line_before_cursor": texts[places[i].path][: places[i].cursor].rsplit("\n", 1)[-1],
             "truth": places[i].truth,
-            "suggestion": default_outcomes[i].suggestion if default_outcomes else None,
-            "confidence": default_outcomes[i].confidence if default_outcomes else None,
+            "suggestion": shipped_outcomes[i].suggestion,
+            "confidence": shipped_outcomes[i].confidence,
+            "shown": bool(shipped_outcomes[i].suggestion)
+            and (shipped_outcomes[i].confidence or 0) >= gate.min_confidence,
         }
         for i in sorted(rng.sample(range(len(places)), min(10, len(places))))
     ]
@@ -453,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
             **shipped_point,
             "by_kind": by_kind(places, shipped_outcomes, gate.min_confidence),
         },
-        "random_samples_shipped_defaults_ungated": samples,
+        "random_samples_shipped_defaults": samples,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")

@@ -215,6 +215,21 @@ def _stage(training: dict) -> str:
     )
 
 
+def _stages(training: dict) -> str:
+    """This run, then each run it continued from, with the data of those that say it."""
+    parts = [_stage(training)]
+    stage = training.get("previous_stage")
+    while stage:
+        data = stage.get("data")
+        parts.append(
+            f"continued from {_stage(stage)}"
+            + (" on the same data" if data == training.get("data") else "")
+            + ("" if data else f" on {_FIRST_STAGE_DATA}")
+        )
+        stage = stage.get("previous_stage")
+    return "; ".join(parts)
+
+
 def write_card(result: dict, folder: Path) -> None:
     log_path = folder / "training_log.json"
     training = json.loads(log_path.read_text()) if log_path.exists() else {}
@@ -239,7 +254,7 @@ for useful completions.
 | data | {training.get("data") or _FIRST_STAGE_DATA} |
 | FIM layouts | {", ".join(training.get("fim_layouts") or ["psm"])} |
 | held out | {", ".join(result["held_out_modules"])} |
-| training | {_stage(training)}{"; continued from " + _stage(training["previous_stage"]) + " on " + _FIRST_STAGE_DATA if training.get("previous_stage") else ""} |
+| training | {_stages(training)} |
 
 ## Evaluation (`python -m cache_engine.model.evaluation`)
 
