@@ -8,7 +8,8 @@
 - An unmatched closing bracket stops before it (in multi-line mode, brackets left open on the
   cursor's line count as open).
 - Text that repeats what follows the cursor is trimmed, and so is a line that repeats the line
-  before it or one the completion already wrote: the usual ways a small model loops.
+  before it or one the completion already wrote, and a line that stutters (the same few
+  characters four times in a row): the usual ways a small model loops.
 - A completion that only repeats what follows the cursor, or is blank, is dropped.
 - Mid-line, nothing is offered unless the rest of the line only closes what the cursor is in
   (brackets, quotes, punctuation): editors draw and insert a suggestion before that rest, and
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
@@ -33,6 +35,8 @@ SYNTAX_PREFIX_CHARS = 60_000
 LINE_COMMENT = {"python": "#", "shellscript": "#", "ruby": "#", "r": "#", "yaml": "#"}
 
 
+# The same unit of two or more characters four times in a row, within one line.
+_STUTTER = re.compile(r"([^\n]{2,}?)\1{3,}")
 # What may follow the cursor on its line for a completion to be offered there.
 MID_LINE_CLOSERS = frozenset(")]}>\"'`,;: \t")
 
@@ -122,6 +126,8 @@ class CompletionStopper:
                     self._end_line(index)
             elif not self._brackets.feed(char):
                 self._cut = index
+        if self._cut is None:
+            self._check_stutter()
         if self._cut is None and not self.context.multiline:
             self._check_line_suffix()
         return self._cut is None
@@ -161,6 +167,16 @@ class CompletionStopper:
             self._cut = start
         self._previous_line = line
         self._written.add(stripped)
+
+    def _check_stutter(self) -> None:
+        """A line that says the same few characters over and over ("self.r, self.r, ...")
+        is cut after the first of them."""
+        start = self._line_start
+        for match in _STUTTER.finditer(self._text, start):
+            unit = match.group(1)
+            if any(c.isalnum() for c in unit):
+                self._cut = match.start() + len(unit)
+                return
 
     def _check_line_suffix(self) -> None:
         rest = self.context.line_suffix.strip()

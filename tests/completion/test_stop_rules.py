@@ -88,6 +88,14 @@ def test_a_block_that_loops_stops_where_it_repeats() -> None:
     assert run(document, looping) == "if not texts:\n        return None"
 
 
+def test_a_stuttering_line_is_cut_after_its_first_unit() -> None:
+    document = "style = console.get_style(|\n"
+    assert run(document, "self.r, self.r, self.r, self.r, self.r)") == "self.r,"
+    # Separators and ordinary repetition stay.
+    assert run("# |\n", "========\n") == "========"
+    assert run("x = (|\n", "a, b, a, b)\n") == "a, b, a, b)"
+
+
 def test_line_repeating_the_suffix_stops() -> None:
     document = "def f():\n    x = 1\n    |\n    return total_value\n"
     assert run(document, "y = x\n    return total_value\n") == "y = x"
