@@ -1,10 +1,7 @@
 """Text edits to token edits: exact against a fresh tokenization, local, and strict on bad input.
 
-Three tokenizers keep the module honest: the shipped default (GPT-2 regex, byte-level), a
-byte-level one with Qwen2.5's pre-tokenizer regex (digits split one by one, punctuation swallowing
-newlines, a newline rule of its own), and a SentencePiece-style one (a space prepended to the
-text, no pre-tokenizer so BPE runs over the whole text, byte fallback, a decoder that strips the
-first space). The last two are trained here on standard-library modules that the tests never edit.
+Three tokenizers keep the module honest (`tests/text/tokenizers.py`): the shipped default, a
+Qwen2.5-style byte-level one and a SentencePiece-style one.
 """
 
 from __future__ import annotations
