@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.models:
         if name == "default":
-            model = load_model("default").model
+            model = load_model("default", decode_layout=False).model
         else:
             model = shaped_model({**QWEN_05B_SHAPE, "num_hidden_layers": args.qwen_layers})
         measured = run_model(name, model, args, bandwidth)

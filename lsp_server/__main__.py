@@ -49,6 +49,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="weights dtype (default: float32)",
     )
     parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="int8: weight-only int8 linear layers, about 4x fewer bytes read per token",
+    )
+    parser.add_argument(
         "--strategy",
         choices=EDIT_STRATEGIES,
         default="pie",
@@ -115,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model=arguments.model,
         device=arguments.device,
         dtype=arguments.dtype,
+        quantize=arguments.quantize,
         strategy=arguments.strategy,
         allow_pickle=arguments.allow_pickle,
         client_log_level=max(level, logging.INFO),

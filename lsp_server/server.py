@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -52,6 +52,7 @@ class LaunchOptions:
     model: str = "default"
     device: str = "cpu"
     dtype: str | None = None
+    quantize: Literal["int8"] | None = None
     strategy: str = "pie"
     allow_pickle: bool = False
     # Records at this level and above also go to the client as window/logMessage.
@@ -321,6 +322,7 @@ class PieLanguageServer(LanguageServer):
             device=options.device,
             dtype=options.dtype,
             allow_pickle=options.allow_pickle,
+            quantize=options.quantize,
         )
         try:
             return CompletionEngine(loaded, self.settings.completion, self.documents)

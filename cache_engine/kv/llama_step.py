@@ -20,7 +20,8 @@ here because the cache never grows past the window (`RotarySpec.attention_window
 
 Supported: llama, mistral, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm). Anything else, or
 a variant of them this pass does not reproduce, raises `UnsupportedStepError` naming the model,
-and the cache keeps the transformers forward.
+and the cache keeps the transformers forward. Projections are plain `nn.Linear` weights, or
+`Int8WeightOnlyLinear` modules (cache_engine/model/quantization.py), which are called instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from cache_engine.kv.rotary import rotary_spec
+from cache_engine.model.quantization import Int8WeightOnlyLinear
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
@@ -40,19 +42,30 @@ class UnsupportedStepError(ValueError):
     """The lean step cannot reproduce this model's forward; the message names the model."""
 
 
+# A plain projection's (weight, bias), multiplied here; an int8 one is called (it has no plain
+# weight to multiply by, see cache_engine/model/quantization.py).
+Projection = tuple[torch.Tensor, torch.Tensor | None] | Int8WeightOnlyLinear
+
+
+def _project(x: torch.Tensor, projection: Projection) -> torch.Tensor:
+    if isinstance(projection, Int8WeightOnlyLinear):
+        return projection(x)
+    return F.linear(x, *projection)
+
+
 @dataclass(frozen=True)
 class _LayerWeights:
     input_norm: torch.Tensor
-    q: tuple[torch.Tensor, torch.Tensor | None]  # (weight, bias) of each projection
-    k: tuple[torch.Tensor, torch.Tensor | None]
-    v: tuple[torch.Tensor, torch.Tensor | None]
+    q: Projection
+    k: Projection
+    v: Projection
     q_norm: torch.Tensor | None  # qwen3: RMSNorm over each head, before RoPE
     k_norm: torch.Tensor | None
-    o: tuple[torch.Tensor, torch.Tensor | None]
+    o: Projection
     post_attention_norm: torch.Tensor
-    gate: tuple[torch.Tensor, torch.Tensor | None]
-    up: tuple[torch.Tensor, torch.Tensor | None]
-    down: tuple[torch.Tensor, torch.Tensor | None]
+    gate: Projection
+    up: Projection
+    down: Projection
 
 
 def _label(model: PreTrainedModel) -> str:
@@ -60,14 +73,14 @@ def _label(model: PreTrainedModel) -> str:
     return f"{model.config.model_type!r}" + (f" ({name})" if name else "")
 
 
-def _linear_weights(
-    module: torch.nn.Module, what: str, label: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # A quantized or adapter-wrapped projection has no plain weight to multiply by.
+def _linear_weights(module: torch.nn.Module, what: str, label: str) -> Projection:
+    if isinstance(module, Int8WeightOnlyLinear):
+        return module
+    # Another quantized or an adapter-wrapped projection: its arithmetic is not known here.
     if type(module) is not torch.nn.Linear:
         raise UnsupportedStepError(
-            f"model {label}: {what} is a {type(module).__name__}, not a torch.nn.Linear; "
-            "the lean step multiplies plain weights"
+            f"model {label}: {what} is a {type(module).__name__}, not a torch.nn.Linear or an "
+            "Int8WeightOnlyLinear; the lean step multiplies plain or int8 weights"
         )
     return module.weight, None if module.bias is None else module.bias
 
@@ -156,11 +169,15 @@ class LlamaStep:
     def weight_bytes_per_step(self) -> int:
         """Bytes of weights one decode step reads: every layer, the final norm and lm_head (the
         embedding lookup reads one row)."""
-        tensors = [self.final_norm, *self.lm_head, self.embed[0]]
+        tensors = [self.final_norm, self.embed[0]]
+        projections = [self.lm_head]
         for w in self.layers:
             tensors += [w.input_norm, w.post_attention_norm, w.q_norm, w.k_norm]
-            for projection in (w.q, w.k, w.v, w.o, w.gate, w.up, w.down):
-                tensors += projection
+            projections += [w.q, w.k, w.v, w.o, w.gate, w.up, w.down]
+        for projection in projections:
+            # An int8 projection reads its int8 weight, its scales and its bias.
+            is_int8 = isinstance(projection, Int8WeightOnlyLinear)
+            tensors += projection.buffers() if is_int8 else projection
         return sum(t.nbytes for t in tensors if t is not None)
 
     def _rotary_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,9 +232,9 @@ class LlamaStep:
         x = F.embedding(ids, self.embed)
         for layer_keys, layer_values, w in zip(keys.unbind(0), values.unbind(0), self.layers):
             h = self._rms_norm(x, w.input_norm)
-            q = F.linear(h, *w.q).view(n, heads, head_dim)
-            k = F.linear(h, *w.k).view(n, kv_heads, head_dim)
-            v = F.linear(h, *w.v).view(n, kv_heads, head_dim)
+            q = _project(h, w.q).view(n, heads, head_dim)
+            k = _project(h, w.k).view(n, kv_heads, head_dim)
+            v = _project(h, w.v).view(n, kv_heads, head_dim)
             qk = torch.cat((q, k), dim=1)  # one RoPE pass for both
             if w.q_norm is not None:
                 qk = torch.cat(
@@ -250,10 +267,10 @@ class LlamaStep:
                     enable_gqa=groups > 1,
                 )[0]
                 attended = attended.transpose(0, 1).reshape(n, heads * head_dim)
-            x = x + F.linear(attended, *w.o)
+            x = x + _project(attended, w.o)
             h = self._rms_norm(x, w.post_attention_norm)
-            gate, up = F.linear(h, *w.gate), F.linear(h, *w.up)
-            x = x + F.linear(F.silu(gate) * up, *w.down)
+            gate, up = _project(h, w.gate), _project(h, w.up)
+            x = x + _project(F.silu(gate) * up, w.down)
         if not all_logits:
             x = x[-1:]
-        return F.linear(self._rms_norm(x, self.final_norm), *self.lm_head)
+        return _project(self._rms_norm(x, self.final_norm), self.lm_head)

@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -19,6 +20,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from cache_engine.kv.llama_step import store_weights_transposed
 from cache_engine.kv.rotary import UnsupportedModelError, rotary_spec
+from cache_engine.model.quantization import quantize_int8_weight_only
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ _CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+# Weight quantizations `load_model(quantize=...)` offers (cache_engine/model/quantization.py).
+Quantization = Literal["int8"]
+_QUANTIZATIONS: tuple[Quantization, ...] = ("int8",)
+
 
 @dataclass
 class LoadedModel:
@@ -63,6 +69,7 @@ class LoadedModel:
     eos_token_ids: frozenset[int]
     device: torch.device
     dtype: torch.dtype
+    quantization: Quantization | None = None
 
 
 def find_fim_tokens(tokenizer: PreTrainedTokenizerBase) -> FimTokens | None:
@@ -123,16 +130,27 @@ def load_model(
     device: str = "cpu",
     dtype: str | None = None,
     allow_pickle: bool = False,
-    decode_layout: bool = False,
+    decode_layout: bool | None = None,
+    quantize: Quantization | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, and check that its cache can be edited with PIE.
 
-    `decode_layout` stores each weight matrix transposed in memory (`store_weights_transposed`),
-    which MKL streams faster in one-token products on some CPUs (`benchmarks/bench_decode.py`).
+    `decode_layout` stores each weight matrix transposed in memory (`store_weights_transposed`):
+    MKL streams it faster in one-token products. None: for float32 weights on CPU, where it was
+    measured (`benchmarks/bench_decode.py`: decode 1.3x faster on the default model, 1.5x on the
+    0.5B shape, prefill unchanged); bf16 products ran slower that way.
+    `quantize="int8"` stores the linear layers' weights, lm_head included, as int8 with one
+    scale per output channel (`quantize_int8_weight_only`); `dtype` is then the activations'
+    and the remaining weights' (embedding, norms) dtype.
     """
     source, local = _resolve_source(name_or_path)
     if dtype is not None and dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+    if quantize is not None and quantize not in _QUANTIZATIONS:
+        raise ModelLoadError(
+            f"unknown quantize {quantize!r}; choose one of {', '.join(_QUANTIZATIONS)} "
+            "or None for floating-point weights"
+        )
     try:
         torch_device = torch.device(device)
     except RuntimeError as error:
@@ -180,6 +198,11 @@ def load_model(
         raise ModelLoadError(f"cannot load the tokenizer of {name_or_path!r}: {error}") from error
     model.to(torch_device)
     model.eval()
+    if quantize == "int8":
+        # Before decode_layout, which then re-lays only the weights left in floating point.
+        quantize_int8_weight_only(model)
+    if decode_layout is None:
+        decode_layout = torch_device.type == "cpu" and torch_dtype == torch.float32
     if decode_layout:
         store_weights_transposed(model)
     fim = find_fim_tokens(tokenizer)
@@ -197,4 +220,5 @@ def load_model(
         eos_token_ids=frozenset(eos_ids),
         device=torch_device,
         dtype=torch_dtype,
+        quantization=quantize,
     )

@@ -1,0 +1,100 @@
+"""Int8 weight-only quantization of a loaded model's linear layers (gpt-fast style).
+
+Each `nn.Linear` becomes an `Int8WeightOnlyLinear`: int8 weights with one symmetric scale per
+output channel (w ≈ q · s, q in −127..127), activations left in floating point. A decode step
+reads every weight once, so a quarter of fp32's bytes is what makes it faster
+(`benchmarks/bench_precision.py`); the products themselves stay in floating point.
+
+On CPU the product is `torch.ops.aten._weight_int8pack_mm` (what gpt-fast uses there). In torch
+2.13 it takes fp32, fp16 and bf16 activations with scales of the same dtype, but only bf16 is
+vectorized: with fp32 activations a one-token product ran 5-25x slower than the fp32 matmul it
+replaces (measured, 2 threads, AMD EPYC). So the kernel always runs in bf16 (an fp32 model's
+activations are rounded to bf16 for it and its output cast back), and the scales are kept in
+bf16 with the int8 values rounded against those bf16 scales, so q · s is exactly what was
+quantized. The kernel also needs in_features a multiple of 16 (others give NaNs or crash it);
+layers that do not fit, and any other device, dequantize then multiply.
+
+The lm_head is quantized too by default: it is the largest single matrix a decode step reads
+(18 % of the default model's bytes, 28 % of Qwen2.5-Coder-0.5B's) and a per-vocabulary-row scale
+suits it. A tied embedding is untied for that: the input embedding stays in floating point (a
+step reads one row of it), the lm_head gets its own int8 copy. The model is then for inference:
+saving it or re-tying its weights is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The CPU kernel's only vectorized activation dtype (see the module doc).
+KERNEL_DTYPE = torch.bfloat16
+# The CPU kernel reads in_features in blocks of this many values.
+KERNEL_BLOCK = 16
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """y = x · (q · s)ᵀ + b with q int8 [out, in] and s one bf16 scale per output channel."""
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", bias)
+        self._kernel_fits = self.in_features % KERNEL_BLOCK == 0
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> Int8WeightOnlyLinear:
+        """Quantize a floating-point [out, in] weight, per output channel, symmetric."""
+        weight = weight.detach().float()
+        # An all-zero row would divide by zero; any positive scale represents it exactly.
+        largest = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny)
+        scales = (largest / 127).to(KERNEL_DTYPE)
+        # Rounding the scale to bf16 can lower it a little: clamp so the largest value stays
+        # in range (at most half a step of extra error, on that one value).
+        quantized = (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        return cls(quantized.contiguous(), scales, None if bias is None else bias.detach().clone())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """q · s as fp32 [out, in]: the weight this layer multiplies by."""
+        return self.weight.float() * self.scales.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self._kernel_fits:
+            flat = x.reshape(-1, self.in_features).to(KERNEL_DTYPE).contiguous()
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+            out = out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        else:
+            # Per-output-channel scales commute with the product: scale the (smaller) output.
+            out = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)  # the output keeps the activations' dtype
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+@torch.no_grad()
+def quantize_int8_weight_only(model: nn.Module, *, include_lm_head: bool = True) -> int:
+    """Replace every plain `nn.Linear` of `model` in place by an `Int8WeightOnlyLinear`;
+    returns how many were replaced. `include_lm_head=False` keeps the output projection (and a
+    tied embedding) as it is."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        # Exact type: a subclass or an adapter wrapper may compute something else.
+        if type(module) is nn.Linear and (include_lm_head or module is not output)
+    ]
+    for name, module in targets:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        # A tied lm_head's weight is the embedding's: from_float copies it, which unties them.
+        setattr(parent, child_name, Int8WeightOnlyLinear.from_float(module.weight, module.bias))
+    return len(targets)
