@@ -47,6 +47,11 @@ def main() -> None:
     parser.add_argument(
         "--minutes", type=float, default=5.0, help="keep the scripted session going this long"
     )
+    parser.add_argument(
+        "--gate-open",
+        action="store_true",
+        help="minConfidence 0 and minTokenProb 0, as the editor tests run (default: shipped gate)",
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -54,7 +59,9 @@ def main() -> None:
     vsix = package_extension(rig)
     home = Path(tempfile.mkdtemp(prefix="pie-lsp-vscode-"))
     log = home / "pie-lsp.log"
-    server = CodeServer(rig, home, vsix, server_settings(log), log)
+    # Only the server path is set (the shipped gate) unless --gate-open.
+    settings = server_settings(log, gate_open=args.gate_open)
+    server = CodeServer(rig, home, vsix, settings, log)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for name, relative in FILES.items():
         shutil.copy(stdlib / relative, server.workspace / name)
@@ -143,6 +150,7 @@ def main() -> None:
         server.stop()
     pie_log = log.read_text() if log.exists() else ""
     result["server_log_errors"] = [line for line in pie_log.splitlines() if " ERROR " in line]
+    result["confidence_gate"] = "open" if args.gate_open else "shipped"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

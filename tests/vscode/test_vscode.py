@@ -40,7 +40,9 @@ FILES = {
 }
 
 
-def server_settings(log: Path, extra: dict[str, object] | None = None) -> dict[str, object]:
+def server_settings(
+    log: Path, extra: dict[str, object] | None = None, *, gate_open: bool = True
+) -> dict[str, object]:
     venv_server = REPO / ".venv" / "bin" / "pie-lsp"
     command = [str(venv_server)] if venv_server.exists() else [sys.executable, "-m", "lsp_server"]
     return {
@@ -58,8 +60,7 @@ def server_settings(log: Path, extra: dict[str, object] | None = None) -> dict[s
         "pieLspServer.args": [*command[1:], "--log-file", str(log), "--log-level", "DEBUG"],
         # The places typed at are chosen for the editor's sake, not the model's confidence:
         # the gate is measured in benchmarks/suggestion_quality.py.
-        "pieLsp.minConfidence": 0,
-        "pieLsp.minTokenProb": 0,
+        **({"pieLsp.minConfidence": 0, "pieLsp.minTokenProb": 0} if gate_open else {}),
         **(extra or {}),
     }
 
