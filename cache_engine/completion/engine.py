@@ -577,10 +577,12 @@ class CompletionEngine:
         produced = bytearray()
         decoded = ""
         generated = 0
+        # Tokens that only re-create the healed text do not count against maxNewTokens.
+        suggested = 0
         reason = "max tokens"
 
         def on_token(token: int, log_prob: float) -> bool:
-            nonlocal decoded, reason, generated
+            nonlocal decoded, reason, generated, suggested
             if should_stop():
                 reason = "cancelled"
                 return False
@@ -588,11 +590,13 @@ class CompletionEngine:
                 reason = "end of text"
                 return False
             data = self.tokenizer.text_bytes([token])
-            if len(produced) + len(data) > heal_bytes:
+            suggesting = len(produced) + len(data) > heal_bytes
+            if suggesting:
                 if not tracker.admits(log_prob):
                     reason = "low-confidence token"
                     return False
                 tracker.record(len(decoded), log_prob)
+                suggested += 1
             generated += 1
             produced.extend(data)
             if len(produced) < heal_bytes:
@@ -606,11 +610,13 @@ class CompletionEngine:
             if not stopper.push(piece):
                 reason = "stop rule"
                 return False
-            return True
+            return suggested < settings.max_new_tokens
 
         draft = PromptLookup(settings.speculative_tokens) if settings.speculative_tokens else None
         constraint = self.healer.constraint(healed)
-        cache.generate(settings.max_new_tokens, on_token, draft=draft, constraint=constraint)
+        # Each healing token spells at least one byte of the healed text.
+        limit = settings.max_new_tokens + heal_bytes
+        cache.generate(limit, on_token, draft=draft, constraint=constraint)
         if draft is not None:
             stats.speculative_drafted_total += draft.drafted
             stats.speculative_accepted_total += draft.accepted

@@ -318,3 +318,13 @@ def test_confidence_settings_of_minus_one_take_the_models_calibration(engine) ->
     assert engine.complete(URI, cursor).text == ""
     engine.update_settings(replace(settings, min_confidence=0.0))
     assert engine.complete(URI, cursor).text != ""
+
+
+def test_healing_tokens_do_not_count_against_max_new_tokens(engine) -> None:
+    engine.update_settings(replace(engine.settings, max_new_tokens=1))
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + len("    val")
+    completion = engine.complete(URI, cursor)
+    assert engine.active_region(URI).prompt.healed == " val"
+    # One token beyond the healed text, however many spelled it out again.
+    assert completion.text or completion.reason in ("end of text", "stop rule")

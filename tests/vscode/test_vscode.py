@@ -132,7 +132,8 @@ def test_tab_inserts_exactly_what_was_shown(workbench: Workbench, code_server: C
     typed = "\n\ndef encode_all(items):\n    "  # VS Code indents the new line
     shown = workbench.wait_ghost()
     workbench.page.keyboard.press("Tab")
-    wait_until(lambda: workbench.ghost_text() is None, GUARD, "the ghost text to be accepted")
+    # The next suggestion may follow at once: wait for this one to go, not for none at all.
+    wait_until(lambda: workbench.ghost_text() != shown, GUARD, "the ghost text to be accepted")
     workbench.save()
     after = path.read_text()
     assert after.startswith(before)
@@ -184,11 +185,13 @@ def test_mid_line_shows_what_tab_inserts_and_nothing_before_code(
         .replace("\xa0", " ")
     )
     workbench.page.keyboard.press("Tab")
-    wait_until(lambda: workbench.ghost_text() is None, GUARD, "the ghost text to be accepted")
+    wait_until(lambda: workbench.ghost_text() != shown, GUARD, "the ghost text to be accepted")
     workbench.save()
     last = path.read_text().rstrip("\n").split("\n")[-1]
     assert last.rstrip() == drawn.rstrip()
-    assert squeeze(shown) in squeeze(last)
+    # VS Code draws a suggestion that ends past the closing bracket in pieces around it.
+    remaining = iter(squeeze(last))
+    assert all(char in remaining for char in squeeze(shown)), (shown, last)
 
 
 def test_typing_along_a_suggestion_keeps_the_rest_visible(workbench: Workbench) -> None:
