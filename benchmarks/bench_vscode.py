@@ -80,8 +80,12 @@ def main() -> None:
             bench.open("decoder.py")
             page.keyboard.press("Control+End")
             page.keyboard.type("\n\ndef scan(s, idx):\n")
-            bench.wait_ghost()
-            result["open_to_first_ghost_text_s"] = time.monotonic() - opened
+            try:
+                bench.wait_ghost()
+                result["open_to_first_ghost_text_s"] = time.monotonic() - opened
+            except TimeoutError:
+                # The confidence gate may hide what the model says at this place.
+                result["open_to_first_ghost_text_s"] = None
             bench.ready()
 
             visible_before_next = 0
