@@ -222,11 +222,16 @@ def run_configuration(
     return outcomes
 
 
+def shown_at(outcomes: list[Outcome], gate: float) -> list[Outcome]:
+    """The suggestions minConfidence `gate` lets through."""
+    return [o for o in outcomes if o.suggestion and (o.confidence or 0) >= gate]
+
+
 def gate_curve(outcomes: list[Outcome]) -> list[dict[str, float]]:
     """Shown rate and the quality of what is shown, for each minConfidence."""
     curve = []
     for gate in GATES:
-        shown = [o for o in outcomes if o.suggestion and (o.confidence or 0) >= gate]
+        shown = shown_at(outcomes, gate)
         count = len(shown)
         curve.append(
             {
@@ -250,7 +255,7 @@ def by_kind(places: list[Place], outcomes: list[Outcome], gate: float) -> dict[s
 
 
 def gate_curve_at(outcomes: list[Outcome], gate: float) -> dict[str, float]:
-    shown = [o for o in outcomes if o.suggestion and (o.confidence or 0) >= gate]
+    shown = shown_at(outcomes, gate)
     count = len(shown) or 1
     return {
         "places": len(outcomes),

@@ -219,8 +219,9 @@ class CompletionEngine:
             if should_stop():
                 return Completion("", "none", "cancelled")
             context = CursorContext.at(snapshot.text, cursor, snapshot.language_id)
+            gate = self.confidence_gate(settings)
             text, generated, reason, confidence = self._decode(
-                region, context, settings, should_stop, caches.stats
+                region, context, settings, gate, should_stop, caches.stats
             )
         except Exception:
             # Whatever state the cache was left in, the next completion starts from scratch.
@@ -231,10 +232,11 @@ class CompletionEngine:
             if not text:
                 return Completion("", "none", reason, generated, _since(started))
             reason = "stopped at a line boundary"
-        gate = self.confidence_gate(settings).min_confidence
-        if text and gate > 0 and (confidence or 0) < gate:
+        if text and gate.min_confidence > 0 and (confidence or 0) < gate.min_confidence:
             caches.stats.below_confidence_gate += 1
-            reason = f"confidence {confidence or 0:.3f} is below minConfidence {gate:g}"
+            reason = (
+                f"confidence {confidence or 0:.3f} is below minConfidence {gate.min_confidence:g}"
+            )
             text = ""
         # Line breaks stay "\n" whatever the file uses: clients convert them on insertion, and
         # Neovim would insert a "\r" literally.
@@ -563,6 +565,7 @@ class CompletionEngine:
         region: PromptRegion,
         context: CursorContext,
         settings: CompletionSettings,
+        gate: ConfidenceGate,
         should_stop: Callable[[], bool],
         stats: DocumentStats,
     ) -> tuple[str, int, str, float | None]:
@@ -573,7 +576,7 @@ class CompletionEngine:
         healed = region.prompt.healed if region.prompt is not None else ""
         heal_bytes = len(healed.encode("utf-8"))
         stopper = CompletionStopper(context)
-        tracker = ConfidenceTracker(self.confidence_gate(settings).min_token_prob)
+        tracker = ConfidenceTracker(gate.min_token_prob)
         produced = bytearray()
         decoded = ""
         generated = 0
