@@ -207,7 +207,14 @@ class Workbench:
         )
 
     def wait_ghost(self, timeout: float = GUARD) -> str:
-        return wait_until(self.ghost_text, timeout, "ghost text")
+        """The ghost text once two reads agree: its view zone and its first-line decoration
+        are drawn apart, and a read between them misses a part."""
+
+        def settled() -> str | None:
+            text = self.ghost_text()
+            return text if text is not None and text == self.ghost_text() else None
+
+        return wait_until(settled, timeout, "ghost text")
 
     def error_toasts(self) -> list[str]:
         return self.page.locator(".notifications-toasts .notification-toast").all_inner_texts()
