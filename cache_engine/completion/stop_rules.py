@@ -10,6 +10,8 @@
 - Text that repeats what follows the cursor is trimmed, and so is a line that repeats the line
   before it or one the completion already wrote, and a line that stutters (the same few
   characters four times in a row): the usual ways a small model loops.
+- A Python `def` whose parameter list would name a parameter twice (a SyntaxError, and another
+  way the model loops: "(value, value, value)") is cut before the repeat.
 - A completion that only repeats what follows the cursor, or is blank, is dropped.
 - Mid-line, nothing is offered unless the rest of the line only closes what the cursor is in
   (brackets, quotes, punctuation): editors draw and insert a suggestion before that rest, and
@@ -37,6 +39,9 @@ LINE_COMMENT = {"python": "#", "shellscript": "#", "ruby": "#", "r": "#", "yaml"
 
 # The same unit of two or more characters four times in a row, within one line.
 _STUTTER = re.compile(r"([^\n]{2,}?)\1{3,}")
+# A Python function definition up to its parameter list's opening bracket.
+_DEF_OPENING = re.compile(r"\s*(?:async\s+)?def\s+\w+\s*(?:\[[^\]]*\]\s*)?\(")
+_PARAMETER_NAME = re.compile(r"\s*\**\s*([A-Za-z_]\w*)")
 # What may follow the cursor on its line for a completion to be offered there.
 MID_LINE_CLOSERS = frozenset(")]}>\"'`,;: \t")
 
@@ -128,6 +133,8 @@ class CompletionStopper:
                 self._cut = index
         if self._cut is None:
             self._check_stutter()
+        if self._cut is None and self._line_index == 0 and self.context.language_id == "python":
+            self._check_duplicate_parameter()
         if self._cut is None and not self.context.multiline:
             self._check_line_suffix()
         return self._cut is None
@@ -178,6 +185,17 @@ class CompletionStopper:
                 self._cut = match.start() + len(unit)
                 return
 
+    def _check_duplicate_parameter(self) -> None:
+        """On a `def` line, cut before the first parameter that repeats an earlier one's name."""
+        line = self.context.line_prefix + self._text
+        opening = _DEF_OPENING.match(line)
+        if opening is None:
+            return
+        cut = _repeated_parameter(line, opening.end())
+        offset = len(self.context.line_prefix)
+        if cut is not None and cut >= offset:
+            self._cut = cut - offset
+
     def _check_line_suffix(self) -> None:
         rest = self.context.line_suffix.strip()
         if not rest:
@@ -225,6 +243,31 @@ class BracketScanner:
                 return False
             self.stack.pop()
         return True
+
+
+def _repeated_parameter(line: str, start: int) -> int | None:
+    """Where the parameter list opened before `line[start]` first repeats a name: the offset of
+    the comma before the repeat. Only parameters ended by a comma or the closing bracket count,
+    so a name still being written is not judged."""
+    names: set[str] = set()
+    scanner = BracketScanner(["("])
+    segment_start = start
+    for index in range(start, len(line)):
+        char = line[index]
+        depth = len(scanner.stack)
+        if not scanner.feed(char) or char == "\n":
+            return None
+        if depth != 1 or char not in ",)":
+            continue
+        name = _PARAMETER_NAME.match(line, segment_start)
+        if name is not None and name.end() <= index:
+            if name.group(1) in names:
+                return segment_start - 1
+            names.add(name.group(1))
+        if char == ")":
+            return None
+        segment_start = index + 1
+    return None
 
 
 def _open_brackets(line: str) -> list[str]:

@@ -96,6 +96,19 @@ def test_a_stuttering_line_is_cut_after_its_first_unit() -> None:
     assert run("x = (|\n", "a, b, a, b)\n") == "a, b, a, b)"
 
 
+def test_a_parameter_named_twice_is_cut_before_the_repeat() -> None:
+    looping = "ation(value, value, value, value):\n    pass\n"
+    assert run("def helper_0|\n", looping) == "ation(value"
+    assert run("def f(value, |\n", "items, value=None):") == "items"
+    # Names typed before the cursor count; `*args`, annotations and defaults are not names.
+    assert run("async def f(self, *|\n", "args: int = self, **kwargs):") == (
+        "args: int = self, **kwargs):"
+    )
+    # A repeat already before the cursor is the user's to fix; a call may repeat an argument.
+    assert run("def f(a, a, |\n", "b):") == "b):"
+    assert run("f(|\n", "value, value)") == "value, value)"
+
+
 def test_line_repeating_the_suffix_stops() -> None:
     document = "def f():\n    x = 1\n    |\n    return total_value\n"
     assert run(document, "y = x\n    return total_value\n") == "y = x"

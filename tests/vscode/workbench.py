@@ -227,5 +227,21 @@ class Workbench:
     def pie_log(self) -> str:
         return self.server.server_log.read_text() if self.server.server_log.exists() else ""
 
+    def cursor(self) -> tuple[int, int]:
+        """The cursor as an LSP position (0-based line and character), from the status bar."""
+        text = self.page.locator("#status\\.editor\\.selection").first.inner_text()
+        found = re.search(r"Ln (\d+), Col (\d+)", text)
+        if found is None:
+            raise AssertionError(f"no cursor position in the status bar item {text!r}")
+        return int(found[1]) - 1, int(found[2]) - 1
+
+    def answer_at(self, position: tuple[int, int]) -> tuple[str, str] | None:
+        """The server's last answer logged at `position`: (the suggestion's repr, the reason),
+        or None when it has logged none there."""
+        line, character = position
+        answer = re.compile(rf"completion {line}:{character} in \S+: ('.*'|\".*\") \(\w+, ([^,]+)")
+        found = answer.findall(self.pie_log())
+        return found[-1] if found else None
+
     def status(self) -> str:
         return self.page.locator(".statusbar-item:has-text('pie-lsp')").first.inner_text()
