@@ -6,7 +6,9 @@ plain transformers greedy loop, against the floor set by reading the weights onc
     python -m benchmarks.bench_decode --models default --repeats 9
 
 Each method decodes --new-tokens tokens after the same --context random token ids:
-  lean    EditableCache(forward="lean").generate: our forward over the slab (llama_step.py)
+  lean    EditableCache(forward="lean").generate: our forward over the slab (llama_step.py), with
+          its one-token products through numpy's BLAS where it uses it (kernels/blas_gemv.py)
+  lean-mkl  the same with torch's own products (MKL; blas_gemv=False)
   hf      EditableCache(forward="hf").generate: the transformers forward through SlabCache
   plain   model(input_ids=[[token]], cache=DynamicCache) in a loop, argmax, nothing else
 ms/token is a run's time over its forward passes (the first token comes from the prefill's
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -38,7 +41,7 @@ from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
 from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"
-METHODS = ("lean", "hf", "plain")
+METHODS = ("lean", "lean-mkl", "hf", "plain")
 
 
 def read_bandwidth(repeats: int = 5) -> float:
@@ -53,9 +56,19 @@ def read_bandwidth(repeats: int = 5) -> float:
     return big.nbytes / statistics.median(seconds)
 
 
-def engine_decoder(model: PreTrainedModel, ids: list[int], new_tokens: int, forward: str):
+def engine_decoder(
+    model: PreTrainedModel,
+    ids: list[int],
+    new_tokens: int,
+    forward: str,
+    blas_gemv: bool | None = None,
+):
     cache = EditableCache(
-        model, strategy="pie", initial_capacity=len(ids) + new_tokens + 16, forward=forward
+        model,
+        strategy="pie",
+        initial_capacity=len(ids) + new_tokens + 16,
+        forward=forward,
+        blas_gemv=blas_gemv,
     )
     cache.reset(ids)
 
@@ -90,7 +103,7 @@ def measure(
     samples: dict[str, list[float]] = {method: [] for method in METHODS}
     for repeat in range(repeats):
         # Rotate who goes first, so a burst of load does not always hit the same method.
-        order = METHODS[repeat % 3 :] + METHODS[: repeat % 3]
+        order = METHODS[repeat % len(METHODS) :] + METHODS[: repeat % len(METHODS)]
         for method in order:
             started = time.perf_counter()
             decoders[method]()
@@ -107,11 +120,16 @@ def run_model(
     started = time.perf_counter()
     decoders: dict[str, Callable[[], list[int]]] = {
         "lean": engine_decoder(model, ids, args.new_tokens, "lean"),
+        "lean-mkl": engine_decoder(model, ids, args.new_tokens, "lean", blas_gemv=False),
         "hf": engine_decoder(model, ids, args.new_tokens, "hf"),
         "plain": plain_decoder(model, ids, args.new_tokens),
     }
-    print(f"{name}: three {args.context}-token prefills in {time.perf_counter() - started:.1f}s")
-    weight_bytes = LlamaStep(model).weight_bytes_per_step()
+    print(
+        f"{name}: {len(decoders)} {args.context}-token prefills in {time.perf_counter() - started:.1f}s"
+    )
+    step = LlamaStep(model)
+    decoders_blas = step.blas_gemv
+    weight_bytes = step.weight_bytes_per_step()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_bytes = (
         2 * config.num_hidden_layers * config.num_key_value_heads * args.context * head_dim
@@ -139,7 +157,8 @@ def run_model(
                 "lean_over_plain": ms["lean"] / ms["plain"],
                 "hf_over_plain": ms["hf"] / ms["plain"],
                 "lean_over_weight_floor": ms["lean"] / floor_ms,
-                "same_tokens": tokens["lean"] == tokens["hf"] == tokens["plain"],
+                "lean_uses_blas_gemv": decoders_blas,
+                "same_tokens": len({tuple(t) for t in tokens.values()}) == 1,
             }
         )
     return rows
@@ -175,15 +194,16 @@ def qwen_weight_bytes(layers: int) -> int:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "| model | weights | layers | lean ms | hf ms | plain ms | floor ms | lean/plain "
-        "| lean/floor |"
+        "| model | weights | layers | lean ms | lean-mkl ms | hf ms | plain ms | floor ms "
+        "| lean/plain | lean/floor |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ms = r["ms_per_token"]
         print(
-            f"| {r['model']} | {r['weights']} | {r['layers']} | {ms['lean']:.2f} | {ms['hf']:.2f} | "
-            f"{ms['plain']:.2f} | {r['weight_read_floor_ms']:.2f} | {r['lean_over_plain']:.2f} | "
+            f"| {r['model']} | {r['weights']} | {r['layers']} | {ms['lean']:.2f} | "
+            f"{ms['lean-mkl']:.2f} | {ms['hf']:.2f} | {ms['plain']:.2f} | "
+            f"{r['weight_read_floor_ms']:.2f} | {r['lean_over_plain']:.2f} | "
             f"{r['lean_over_weight_floor']:.2f} |"
         )
 
@@ -231,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
             "threads": args.threads,
             "torch": torch.__version__,
             "read_bandwidth_gb_s": bandwidth / 1e9,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin)"),
         },
         "context": args.context,
         "new_tokens": args.new_tokens,

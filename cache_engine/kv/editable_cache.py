@@ -155,6 +155,9 @@ class EditableCache:
     unchanged prefix and re-encodes the rest (exact); `pie` encodes only new tokens and moves and
     re-rotates the suffix; `conflict` splices new tokens in with no position fix (the paper's
     broken baseline, for evaluation only).
+
+    `blas_gemv` is the lean step's choice of one-token products (`LlamaStep`); None decides by
+    device, dtype and process (kernels/blas_gemv.py).
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class EditableCache:
         initial_capacity: int = 256,
         max_capacity: int | None = None,
         forward: ForwardPath = "auto",
+        blas_gemv: bool | None = None,
     ):
         _check_strategy(strategy)
         if forward not in FORWARD_PATHS:
@@ -190,7 +194,7 @@ class EditableCache:
         self.dtype = parameter.dtype
         self._slab = _Slab(self.spec, first, self.dtype, self.device)
         self._hf_cache = SlabCache(self._slab, self.spec.num_layers)
-        self._lean_step = self._lean_step_for(forward)
+        self._lean_step = self._lean_step_for(forward, blas_gemv)
         self._inv_freq = self.spec.inv_freq.to(self.device)
         self._ids: list[int] = []
         # The RoPE position each slot's key carries. `pie`, `prefix` and `full` keep it 0..n−1;
@@ -622,11 +626,11 @@ class EditableCache:
             self._slab.write_at = 0
         return output.logits[0].float()
 
-    def _lean_step_for(self, forward: ForwardPath) -> LlamaStep | None:
+    def _lean_step_for(self, forward: ForwardPath, blas_gemv: bool | None) -> LlamaStep | None:
         if forward == "hf":
             return None
         try:
-            return LlamaStep(self.model)
+            return LlamaStep(self.model, blas_gemv=blas_gemv)
         except UnsupportedStepError:
             if forward == "lean":
                 raise

@@ -8,8 +8,10 @@ and one SDPA call per layer over slots 0..slot+n. Grouped-query heads share thei
 without a copy: for one token the group's query heads are laid along the query axis (and need
 no mask), for more SDPA's `enable_gqa` does it (torch >= 2.5).
 
-What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python:
-see `store_weights_transposed`, which lets the one-token products read at close to memory speed.
+What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
+On CPU in float32 a one-token step multiplies through numpy's BLAS where it is usable
+(kernels/blas_gemv.py: OpenBLAS streams the weights at memory speed, torch's MKL GEMV at about
+half); otherwise `store_weights_transposed` is what helps MKL.
 Measured and left out (CPU, default model): fusing q/k/v and gate/up into one matrix each made
 no difference beyond noise and copies the weights; `torch.compile` of the layers (inductor,
 dynamic shapes) took 77 s to compile, 48 s more for a 3-token verify, and ran ~8x slower.
@@ -34,6 +36,7 @@ from transformers import PreTrainedModel
 
 from cache_engine.kv.rotary import rotary_spec
 from cache_engine.model.quantization import Int8WeightOnlyLinear
+from kernels.blas_gemv import blas_gemv_usable, blas_linear
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
@@ -47,9 +50,11 @@ class UnsupportedStepError(ValueError):
 Projection = tuple[torch.Tensor, torch.Tensor | None] | Int8WeightOnlyLinear
 
 
-def _project(x: torch.Tensor, projection: Projection) -> torch.Tensor:
+def _project(x: torch.Tensor, projection: Projection, blas: bool = False) -> torch.Tensor:
     if isinstance(projection, Int8WeightOnlyLinear):
         return projection(x)
+    if blas and x.shape[0] == 1:
+        return blas_linear(x, *projection)
     return F.linear(x, *projection)
 
 
@@ -109,9 +114,12 @@ class LlamaStep:
     head_dim] K/V slab, writing their keys and values there; returns logits.
 
     It holds the model's Parameter objects, not copies or detached views, so it multiplies by
-    the weights as they are now: after an optimizer step or a `store_weights_transposed`."""
+    the weights as they are now: after an optimizer step or a `store_weights_transposed`.
 
-    def __init__(self, model: PreTrainedModel):
+    `blas_gemv`: one-token products through numpy's BLAS (kernels/blas_gemv.py); None uses it
+    for float32 weights on CPU where `blas_gemv_usable()`."""
+
+    def __init__(self, model: PreTrainedModel, *, blas_gemv: bool | None = None):
         config = model.config
         label = _label(model)
         if config.model_type not in LEAN_MODEL_TYPES:
@@ -136,6 +144,13 @@ class LlamaStep:
         self.eps = config.rms_norm_eps
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
+        if blas_gemv and not cpu_float32:
+            raise UnsupportedStepError(
+                f"model {label}: blas_gemv multiplies float32 weights on CPU, not {self.dtype} "
+                f"on {self.device}"
+            )
+        self.blas_gemv = cpu_float32 and blas_gemv_usable() if blas_gemv is None else blas_gemv
         # yarn scales cos and sin; the others use 1.
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.inv_freq = spec.inv_freq.to(self.device)
@@ -230,11 +245,12 @@ class LlamaStep:
                 <= torch.arange(slot, stop, device=self.device)[:, None]
             )
         x = F.embedding(ids, self.embed)
+        blas = self.blas_gemv
         for layer_keys, layer_values, w in zip(keys.unbind(0), values.unbind(0), self.layers):
             h = self._rms_norm(x, w.input_norm)
-            q = _project(h, w.q).view(n, heads, head_dim)
-            k = _project(h, w.k).view(n, kv_heads, head_dim)
-            v = _project(h, w.v).view(n, kv_heads, head_dim)
+            q = _project(h, w.q, blas).view(n, heads, head_dim)
+            k = _project(h, w.k, blas).view(n, kv_heads, head_dim)
+            v = _project(h, w.v, blas).view(n, kv_heads, head_dim)
             qk = torch.cat((q, k), dim=1)  # one RoPE pass for both
             if w.q_norm is not None:
                 qk = torch.cat(
@@ -267,10 +283,10 @@ class LlamaStep:
                     enable_gqa=groups > 1,
                 )[0]
                 attended = attended.transpose(0, 1).reshape(n, heads * head_dim)
-            x = x + _project(attended, w.o)
+            x = x + _project(attended, w.o, blas)
             h = self._rms_norm(x, w.post_attention_norm)
-            gate, up = _project(h, w.gate), _project(h, w.up)
-            x = x + _project(F.silu(gate) * up, w.down)
+            gate, up = _project(h, w.gate, blas), _project(h, w.up, blas)
+            x = x + _project(F.silu(gate) * up, w.down, blas)
         if not all_logits:
             x = x[-1:]
-        return _project(self._rms_norm(x, self.final_norm), self.lm_head)
+        return _project(self._rms_norm(x, self.final_norm), self.lm_head, blas)

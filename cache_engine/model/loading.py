@@ -21,6 +21,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from cache_engine.kv.llama_step import store_weights_transposed
 from cache_engine.kv.rotary import UnsupportedModelError, rotary_spec
 from cache_engine.model.quantization import quantize_int8_weight_only
+from kernels.blas_gemv import blas_gemv_usable
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,10 @@ def load_model(
     """Load a causal LM and its tokenizer, and check that its cache can be edited with PIE.
 
     `decode_layout` stores each weight matrix transposed in memory (`store_weights_transposed`):
-    MKL streams it faster in one-token products. None: for float32 weights on CPU, where it was
-    measured (`benchmarks/bench_decode.py`: decode 1.3x faster on the default model, 1.5x on the
-    0.5B shape, prefill unchanged); bf16 products ran slower that way.
+    MKL streams it faster in one-token products. None: for float32 weights on CPU unless the
+    decode step multiplies through numpy's BLAS (`blas_gemv_usable`), which reads the layout
+    as loaded fastest (`benchmarks/bench_decode.py`: MKL decodes 1.3x faster on the default
+    model transposed, 1.5x on the 0.5B shape; bf16 products ran slower that way).
     `quantize="int8"` stores the linear layers' weights, lm_head included, as int8 with one
     scale per output channel (`quantize_int8_weight_only`); `dtype` is then the activations'
     and the remaining weights' (embedding, norms) dtype.
@@ -202,7 +204,9 @@ def load_model(
         # Before decode_layout, which then re-lays only the weights left in floating point.
         quantize_int8_weight_only(model)
     if decode_layout is None:
-        decode_layout = torch_device.type == "cpu" and torch_dtype == torch.float32
+        decode_layout = (
+            torch_device.type == "cpu" and torch_dtype == torch.float32 and not blas_gemv_usable()
+        )
     if decode_layout:
         store_weights_transposed(model)
     fim = find_fim_tokens(tokenizer)

@@ -149,6 +149,33 @@ def test_an_unknown_forward_is_refused() -> None:
         EditableCache(tiny_model("llama"), forward="fast")  # type: ignore[arg-type]
 
 
+def test_one_token_products_through_blas_match_torch(model) -> None:
+    spec = EditableCache(model, forward="hf").spec
+    shape = (spec.num_layers, spec.num_kv_heads, 128, spec.head_dim)
+    runs = {}
+    for blas in (False, True):
+        step = LlamaStep(model, blas_gemv=blas)
+        assert step.blas_gemv is blas
+        keys, values = torch.zeros(shape), torch.zeros(shape)
+        logits = [step(torch.tensor(random_ids(60, 10)), 0, keys, values)]
+        tokens = [int(logits[-1].argmax())]
+        # Greedy decoding one token at a time: the products that go through BLAS.
+        for slot in range(60, 100):
+            logits.append(step(torch.tensor(tokens[-1:]), slot, keys, values))
+            tokens.append(int(logits[-1].argmax()))
+        runs[blas] = (tokens, torch.cat(logits), keys, values)
+    assert runs[True][0] == runs[False][0]
+    for blas_result, torch_result in zip(runs[True][1:], runs[False][1:], strict=True):
+        torch.testing.assert_close(blas_result, torch_result, atol=ATOL, rtol=0)
+
+
+def test_blas_products_are_refused_off_cpu_float32() -> None:
+    model = tiny_model("llama").to(torch.bfloat16)
+    with pytest.raises(UnsupportedStepError, match=r"float32 weights on CPU, not torch\.bfloat16"):
+        LlamaStep(model, blas_gemv=True)
+    assert not LlamaStep(model).blas_gemv
+
+
 def test_auto_picks_the_lean_forward_for_llama() -> None:
     assert EditableCache(tiny_model("llama")).forward_path == "lean"
 
