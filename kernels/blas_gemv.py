@@ -9,7 +9,8 @@ torch storage, so nothing is copied.
 The two thread pools take turns: torch's OpenMP workers must sleep between parallel regions
 rather than spin, or they hold the cores OpenBLAS's threads need (a decode step of the default
 model ran 5x slower). That is `OMP_WAIT_POLICY=PASSIVE`, read by libgomp when torch loads; the
-language server sets it before importing torch, and `blas_gemv_usable` reports False without it.
+language server sets it for models whose weights stream from memory
+(cache_engine/model/cpu_threading.py), and `blas_gemv_usable` reports False without it.
 
 The torch reference is `torch.nn.functional.linear`; tests/kernels/test_blas_gemv.py compares
 the two.

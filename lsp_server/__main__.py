@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cache_engine.completion.settings import EDIT_STRATEGIES
+from cache_engine.model.cpu_threading import choose_openmp_wait_policy
 from lsp_server.framing import ResyncingInput
 from lsp_server.server import VERSION, LaunchOptions, create_server
 
@@ -117,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if level > logging.DEBUG:
         # pygls logs every message it sends at INFO: whole documents, on every change.
         logging.getLogger("pygls").setLevel(logging.WARNING)
+    # Before the model loads torch (see cpu_threading.py).
+    policy = choose_openmp_wait_policy(arguments.model, arguments.device)
+    if policy is not None:
+        log.info("OMP_WAIT_POLICY=%s: the model's weights stream from memory", policy)
     options = LaunchOptions(
         model=arguments.model,
         device=arguments.device,

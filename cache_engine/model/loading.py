@@ -20,13 +20,11 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from cache_engine.kv.llama_step import store_weights_transposed
 from cache_engine.kv.rotary import UnsupportedModelError, rotary_spec
+from cache_engine.model.cpu_threading import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 from cache_engine.model.quantization import quantize_int8_weight_only
 from kernels.blas_gemv import blas_gemv_usable
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL_NAME = "default"
-DEFAULT_MODEL_DIR = Path(__file__).parent.parent / "default_model"
 
 
 class ModelLoadError(ValueError):
