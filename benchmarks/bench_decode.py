@@ -7,8 +7,8 @@ plain transformers greedy loop, against the floor set by reading the weights onc
 
 Each method decodes --new-tokens tokens after the same --context random token ids:
   lean    EditableCache(forward="lean").generate: our forward over the slab (llama_step.py), with
-          its one-token products through numpy's BLAS where it uses it (kernels/blas_gemv.py)
-  lean-mkl  the same with torch's own products (MKL; blas_gemv=False)
+          its one-token products through numpy's BLAS where it uses it (kernels/blas_linear.py)
+  lean-mkl  the same with torch's own products (MKL; blas_products=False)
   hf      EditableCache(forward="hf").generate: the transformers forward through SlabCache
   plain   model(input_ids=[[token]], cache=DynamicCache) in a loop, argmax, nothing else
 ms/token is a run's time over its forward passes (the first token comes from the prefill's
@@ -61,14 +61,14 @@ def engine_decoder(
     ids: list[int],
     new_tokens: int,
     forward: str,
-    blas_gemv: bool | None = None,
+    blas_products: bool | None = None,
 ):
     cache = EditableCache(
         model,
         strategy="pie",
         initial_capacity=len(ids) + new_tokens + 16,
         forward=forward,
-        blas_gemv=blas_gemv,
+        blas_products=blas_products,
     )
     cache.reset(ids)
 
@@ -120,7 +120,7 @@ def run_model(
     started = time.perf_counter()
     decoders: dict[str, Callable[[], list[int]]] = {
         "lean": engine_decoder(model, ids, args.new_tokens, "lean"),
-        "lean-mkl": engine_decoder(model, ids, args.new_tokens, "lean", blas_gemv=False),
+        "lean-mkl": engine_decoder(model, ids, args.new_tokens, "lean", blas_products=False),
         "hf": engine_decoder(model, ids, args.new_tokens, "hf"),
         "plain": plain_decoder(model, ids, args.new_tokens),
     }
@@ -128,7 +128,7 @@ def run_model(
         f"{name}: {len(decoders)} {args.context}-token prefills in {time.perf_counter() - started:.1f}s"
     )
     step = LlamaStep(model)
-    decoders_blas = step.blas_gemv
+    decoders_blas = step.blas_products
     weight_bytes = step.weight_bytes_per_step()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_bytes = (
@@ -157,7 +157,7 @@ def run_model(
                 "lean_over_plain": ms["lean"] / ms["plain"],
                 "hf_over_plain": ms["hf"] / ms["plain"],
                 "lean_over_weight_floor": ms["lean"] / floor_ms,
-                "lean_uses_blas_gemv": decoders_blas,
+                "lean_uses_blas_products": decoders_blas,
                 "same_tokens": len({tuple(t) for t in tokens.values()}) == 1,
             }
         )

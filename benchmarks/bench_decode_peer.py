@@ -4,7 +4,7 @@
 
 libgomp reads OMP_WAIT_POLICY once per process and both engines use it, so bench_llamacpp runs
 both under one policy. Sleeping workers (PASSIVE) are what pie-lsp's BLAS decode needs
-(kernels/blas_gemv.py), while llama.cpp's hundreds of barriers per step want spinning ones on a
+(kernels/blas_linear.py), while llama.cpp's hundreds of barriers per step want spinning ones on a
 quiet machine. Here each policy gets its own process (this script re-runs itself), and in each
 the two engines decode 24 tokens from the same 2,048-token cache of the Qwen2.5-Coder-0.5B shape
 (random f32 weights, GGUF f32 for llama.cpp), taking turns. pie-lsp runs as the server would
@@ -36,7 +36,7 @@ def measure(repeats: int, threads: int) -> dict:
     from benchmarks.bench_llamacpp import LlamaCppContext, LlamaCppModel, write_gguf
     from cache_engine.kv.editable_cache import EditableCache
     from cache_engine.kv.llama_step import store_weights_transposed
-    from kernels.blas_gemv import blas_gemv_usable
+    from kernels.blas_linear import blas_products_usable
 
     torch.set_num_threads(threads)
     model = shaped_model(QWEN_05B_SHAPE)
@@ -52,7 +52,7 @@ def measure(repeats: int, threads: int) -> dict:
         n_ubatch=512,
     )
     first_logits = llama.decode(ids, 0)
-    if not blas_gemv_usable():
+    if not blas_products_usable():
         store_weights_transposed(model)  # what load_model does when BLAS products are off
     cache = EditableCache(model, strategy="pie", initial_capacity=len(ids) + 48, forward="lean")
     cache.reset(ids)
@@ -73,7 +73,7 @@ def measure(repeats: int, threads: int) -> dict:
             samples[name].append((time.perf_counter() - started) * 1000 / 24)
     path.unlink()
     return {
-        "pie_lsp_products": "numpy BLAS" if blas_gemv_usable() else "torch MKL, transposed",
+        "pie_lsp_products": "numpy BLAS" if blas_products_usable() else "torch MKL, transposed",
         "ms_per_token": {name: statistics.median(values) for name, values in samples.items()},
         "samples_ms_per_token": samples,
     }

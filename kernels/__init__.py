@@ -1,24 +1,24 @@
-"""Kernels: the KV cache move for PIE edits, and one-token products for decoding on CPU.
+"""Kernels: the KV cache move for PIE edits, and BLAS products for decoding on CPU.
 
 Cache layout: keys and values are each [num_layers, num_kv_heads, capacity, head_dim].
 `shift_rotate_suffix` picks the fused Triton kernel on CUDA when triton is installed and the
-torch reference everywhere else. `blas_linear` (kernels/blas_gemv.py) is x·Wᵀ for one token
-through numpy's BLAS, against `torch.nn.functional.linear`.
+torch reference everywhere else. `blas_linear` (kernels/blas_linear.py) is x·Wᵀ through numpy's
+BLAS, against `torch.nn.functional.linear`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.blas_gemv import blas_gemv_usable, blas_linear
+from kernels.blas_linear import blas_linear, blas_products_usable
 from kernels.shift_rotate import TRITON_AVAILABLE, shift_rotate_suffix_triton
 from kernels.shift_rotate_checks import check_kv_cache, check_move
 from kernels.shift_rotate_reference import shift_rotate_suffix_reference
 
 __all__ = [
     "TRITON_AVAILABLE",
-    "blas_gemv_usable",
     "blas_linear",
+    "blas_products_usable",
     "copy_suffix",
     "shift_rotate_suffix",
     "shift_rotate_suffix_reference",

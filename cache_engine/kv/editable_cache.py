@@ -156,8 +156,8 @@ class EditableCache:
     re-rotates the suffix; `conflict` splices new tokens in with no position fix (the paper's
     broken baseline, for evaluation only).
 
-    `blas_gemv` is the lean step's choice of one-token products (`LlamaStep`); None decides by
-    device, dtype and process (kernels/blas_gemv.py).
+    `blas_products` is the lean step's choice of one-token products (`LlamaStep`); None decides by
+    device, dtype and process (kernels/blas_linear.py).
     """
 
     def __init__(
@@ -168,7 +168,7 @@ class EditableCache:
         initial_capacity: int = 256,
         max_capacity: int | None = None,
         forward: ForwardPath = "auto",
-        blas_gemv: bool | None = None,
+        blas_products: bool | None = None,
     ):
         _check_strategy(strategy)
         if forward not in FORWARD_PATHS:
@@ -194,7 +194,7 @@ class EditableCache:
         self.dtype = parameter.dtype
         self._slab = _Slab(self.spec, first, self.dtype, self.device)
         self._hf_cache = SlabCache(self._slab, self.spec.num_layers)
-        self._lean_step = self._lean_step_for(forward, blas_gemv)
+        self._lean_step = self._lean_step_for(forward, blas_products)
         self._inv_freq = self.spec.inv_freq.to(self.device)
         self._ids: list[int] = []
         # The RoPE position each slot's key carries. `pie`, `prefix` and `full` keep it 0..n−1;
@@ -386,20 +386,35 @@ class EditableCache:
         first = ordered[0]
         exact_before = self._exact
         self._exact = min(self._exact, first.start)
-        encoded = 0
+        runs: list[tuple[list[int], int]] = []  # (new ids, their first slot)
         offset = 0
         for edit in ordered:
             if edit.new_ids:
-                # New tokens see everything before them in the edited sequence, nothing after.
-                self._forward(list(edit.new_ids), edit.start + offset, keep_logits=False)
-                encoded += len(edit.new_ids)
+                runs.append((list(edit.new_ids), edit.start + offset))
             offset += edit.delta
+        encoded = sum(len(ids) for ids, _ in runs)
+        last = ordered[-1]
+        reaches_end = last.end == old_len and bool(last.new_ids)
+        # With new tokens to encode and a stale last token, one pass does both: the last token
+        # is re-fed at its slot after the runs (what next_token_logits would do in a second
+        # pass, which costs a full read of the weights).
+        fuse = bool(runs) and not reaches_end and self._lean_step is not None
+        fuse = fuse and encoded + 1 <= PREFILL_CHUNK
+        if fuse:
+            ids = [token for run, _ in runs for token in run] + [new_ids[-1]]
+            slots = [start + k for run, start in runs for k in range(len(run))]
+            self._next_logits = self._forward_scattered(ids, [*slots, len(new_ids) - 1])
+        else:
+            # New tokens see everything before them in the edited sequence, nothing after.
+            for run, start in runs:
+                self._forward(run, start, keep_logits=False)
         if exact_before >= first.start:
             # The first edit's new tokens saw only exact tokens; what follows them is stale,
             # unless nothing follows them at all.
             self._exact = first.start + len(first.new_ids)
-        last = ordered[-1]
-        if last.end == old_len and last.new_ids:
+        if fuse and self._exact == len(new_ids) - 1:
+            self._exact = len(new_ids)
+        if reaches_end:
             # The edit reached the end, so its forward already produced the next-token logits
             # (exact when everything before is).
             self._next_logits = self._last_forward_logits
@@ -611,6 +626,19 @@ class EditableCache:
         self._last_forward_logits = logits[-1]
         return logits
 
+    def _forward_scattered(self, ids: list[int], slots: list[int]) -> torch.Tensor:
+        """Run ids at increasing, not necessarily adjacent slots (the lean step only); returns
+        the last one's fp32 logits."""
+        assert self._lean_step is not None
+        at = torch.tensor(slots, dtype=torch.long)
+        slab = self._slab
+        logits = self._lean_step(
+            torch.tensor(ids, device=self.device), at.to(self.device), slab.keys, slab.values
+        ).float()
+        self._positions[at] = at
+        self._last_forward_logits = logits[-1]
+        return logits[-1]
+
     def _hf_forward(self, input_ids: torch.Tensor, slot: int, *, all_logits: bool) -> torch.Tensor:
         self._slab.write_at = slot
         positions = torch.arange(slot, slot + len(input_ids), device=self.device)
@@ -626,11 +654,11 @@ class EditableCache:
             self._slab.write_at = 0
         return output.logits[0].float()
 
-    def _lean_step_for(self, forward: ForwardPath, blas_gemv: bool | None) -> LlamaStep | None:
+    def _lean_step_for(self, forward: ForwardPath, blas_products: bool | None) -> LlamaStep | None:
         if forward == "hf":
             return None
         try:
-            return LlamaStep(self.model, blas_gemv=blas_gemv)
+            return LlamaStep(self.model, blas_products=blas_products)
         except UnsupportedStepError:
             if forward == "lean":
                 raise

@@ -9,8 +9,8 @@ without a copy: for one token the group's query heads are laid along the query a
 no mask), for more SDPA's `enable_gqa` does it (torch >= 2.5).
 
 What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
-On CPU in float32 a one-token step multiplies through numpy's BLAS where it is usable
-(kernels/blas_gemv.py: OpenBLAS streams the weights at memory speed, torch's MKL GEMV at about
+On CPU in float32 every product goes through numpy's BLAS where it is usable
+(kernels/blas_linear.py: OpenBLAS streams the weights at memory speed, torch's MKL GEMV at about
 half); otherwise `store_weights_transposed` is what helps MKL.
 Measured and left out (CPU, default model): fusing q/k/v and gate/up into one matrix each made
 no difference beyond noise and copies the weights; `torch.compile` of the layers (inductor,
@@ -36,7 +36,7 @@ from transformers import PreTrainedModel
 
 from cache_engine.kv.rotary import rotary_spec
 from cache_engine.model.quantization import Int8WeightOnlyLinear
-from kernels.blas_gemv import blas_gemv_usable, blas_linear
+from kernels.blas_linear import blas_linear, blas_products_usable
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
@@ -53,7 +53,7 @@ Projection = tuple[torch.Tensor, torch.Tensor | None] | Int8WeightOnlyLinear
 def _project(x: torch.Tensor, projection: Projection, blas: bool = False) -> torch.Tensor:
     if isinstance(projection, Int8WeightOnlyLinear):
         return projection(x)
-    if blas and x.shape[0] == 1:
+    if blas:
         return blas_linear(x, *projection)
     return F.linear(x, *projection)
 
@@ -116,10 +116,10 @@ class LlamaStep:
     It holds the model's Parameter objects, not copies or detached views, so it multiplies by
     the weights as they are now: after an optimizer step or a `store_weights_transposed`.
 
-    `blas_gemv`: one-token products through numpy's BLAS (kernels/blas_gemv.py); None uses it
-    for float32 weights on CPU where `blas_gemv_usable()`."""
+    `blas_products`: the products through numpy's BLAS (kernels/blas_linear.py); None uses it
+    for float32 weights on CPU where `blas_products_usable()`."""
 
-    def __init__(self, model: PreTrainedModel, *, blas_gemv: bool | None = None):
+    def __init__(self, model: PreTrainedModel, *, blas_products: bool | None = None):
         config = model.config
         label = _label(model)
         if config.model_type not in LEAN_MODEL_TYPES:
@@ -145,12 +145,14 @@ class LlamaStep:
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
-        if blas_gemv and not cpu_float32:
+        if blas_products and not cpu_float32:
             raise UnsupportedStepError(
-                f"model {label}: blas_gemv multiplies float32 weights on CPU, not {self.dtype} "
+                f"model {label}: blas_products multiplies float32 weights on CPU, not {self.dtype} "
                 f"on {self.device}"
             )
-        self.blas_gemv = cpu_float32 and blas_gemv_usable() if blas_gemv is None else blas_gemv
+        self.blas_products = (
+            cpu_float32 and blas_products_usable() if blas_products is None else blas_products
+        )
         # yarn scales cos and sin; the others use 1.
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.inv_freq = spec.inv_freq.to(self.device)
@@ -222,30 +224,42 @@ class LlamaStep:
     def __call__(
         self,
         ids: torch.Tensor,
-        slot: int,
+        slot: int | torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
         *,
         all_logits: bool = False,
     ) -> torch.Tensor:
         """Logits [n, vocab] (or [1, vocab], the last token's) for ids [n] at slots slot..;
-        their keys and values land in keys/values [layers, kv_heads, capacity, head_dim]."""
+        their keys and values land in keys/values [layers, kv_heads, capacity, head_dim].
+
+        `slot` may instead be the slots themselves, increasing ([n] integers, not necessarily
+        adjacent): token i then sits at slot[i] and sees the slab up to it, the batch's earlier
+        tokens included, which is what running the runs one after the other would give. It lets
+        one pass encode an edit's new tokens and re-feed the document's last token."""
         n = ids.shape[0]
-        stop = slot + n
-        if stop > keys.shape[2]:
-            raise ValueError(f"slots {slot}..{stop} do not fit a slab of {keys.shape[2]} slots")
+        scattered = isinstance(slot, torch.Tensor)
+        if scattered:
+            slots = slot.to(device=self.device, dtype=torch.long)
+            if slots.shape != (n,) or (n > 1 and bool((slots[1:] <= slots[:-1]).any())):
+                raise ValueError(f"slots {slots.tolist()} are not {n} increasing slots")
+            first, stop = int(slots[0]), int(slots[-1]) + 1
+        else:
+            first, stop = slot, slot + n
+        if first < 0 or stop > keys.shape[2]:
+            raise ValueError(f"slots {first}..{stop} do not fit a slab of {keys.shape[2]} slots")
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         groups = heads // kv_heads
-        cos, signed_sin = self._rotary_rows(slot, stop)
+        cos, signed_sin = self._rotary_rows(first, stop)
+        if scattered:
+            cos, signed_sin = cos[slots - first], signed_sin[slots - first]
         visible = None
         if n > 1:
-            # Query i (slot + i) sees slots 0..slot+i; one token sees them all and needs no mask.
-            visible = (
-                torch.arange(stop, device=self.device)
-                <= torch.arange(slot, stop, device=self.device)[:, None]
-            )
+            # Query i sees slots 0..its own; one token sees them all and needs no mask.
+            query_slots = slots if scattered else torch.arange(first, stop, device=self.device)
+            visible = torch.arange(stop, device=self.device) <= query_slots[:, None]
         x = F.embedding(ids, self.embed)
-        blas = self.blas_gemv
+        blas = self.blas_products
         for layer_keys, layer_values, w in zip(keys.unbind(0), values.unbind(0), self.layers):
             h = self._rms_norm(x, w.input_norm)
             q = _project(h, w.q, blas).view(n, heads, head_dim)
@@ -263,8 +277,12 @@ class LlamaStep:
             # rotate_half(x) · sin = [x2, x1] · [-sin, sin]: one roll instead of slices and a cat.
             rotated = qk * cos
             rotated.addcmul_(qk.roll(head_dim // 2, dims=-1), signed_sin)
-            layer_keys[:, slot:stop].copy_(rotated[:, heads:].transpose(0, 1))
-            layer_values[:, slot:stop].copy_(v.transpose(0, 1))
+            if scattered:
+                layer_keys.index_copy_(1, slots, rotated[:, heads:].transpose(0, 1))
+                layer_values.index_copy_(1, slots, v.transpose(0, 1))
+            else:
+                layer_keys[:, first:stop].copy_(rotated[:, heads:].transpose(0, 1))
+                layer_values[:, first:stop].copy_(v.transpose(0, 1))
             q = rotated[:, :heads]
             # 4-D throughout: with 3-D inputs SDPA takes its slow math kernel on CPU.
             if n == 1:

@@ -3,7 +3,7 @@
 libgomp's workers spin between parallel regions by default. That suits a small model whose
 weights sit in the CPU's caches (the default model: spinning decodes 1.2x and prefills 1.25x
 faster than sleeping, `benchmarks/results/decode*.json`). A model whose weights stream from
-memory decodes through numpy's BLAS (kernels/blas_gemv.py), and its threads need the cores the
+memory decodes through numpy's BLAS (kernels/blas_linear.py), and its threads need the cores the
 spinning workers hold: there the workers must sleep (`OMP_WAIT_POLICY=PASSIVE`; the 0.5B shape
 decodes 2x faster). libgomp reads the policy once, when torch loads, so the server decides from
 the weights' size on disk before anything imports torch. This module imports no torch.

@@ -22,7 +22,7 @@ from cache_engine.kv.llama_step import store_weights_transposed
 from cache_engine.kv.rotary import UnsupportedModelError, rotary_spec
 from cache_engine.model.cpu_threading import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 from cache_engine.model.quantization import quantize_int8_weight_only
-from kernels.blas_gemv import blas_gemv_usable
+from kernels.blas_linear import blas_products_usable
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def load_model(
 
     `decode_layout` stores each weight matrix transposed in memory (`store_weights_transposed`):
     MKL streams it faster in one-token products. None: for float32 weights on CPU unless the
-    decode step multiplies through numpy's BLAS (`blas_gemv_usable`), which reads the layout
+    decode step multiplies through numpy's BLAS (`blas_products_usable`), which reads the layout
     as loaded fastest (`benchmarks/bench_decode.py`: MKL decodes 1.3x faster on the default
     model transposed, 1.5x on the 0.5B shape; bf16 products ran slower that way).
     `quantize="int8"` stores the linear layers' weights, lm_head included, as int8 with one
@@ -203,7 +203,9 @@ def load_model(
         quantize_int8_weight_only(model)
     if decode_layout is None:
         decode_layout = (
-            torch_device.type == "cpu" and torch_dtype == torch.float32 and not blas_gemv_usable()
+            torch_device.type == "cpu"
+            and torch_dtype == torch.float32
+            and not blas_products_usable()
         )
     if decode_layout:
         store_weights_transposed(model)

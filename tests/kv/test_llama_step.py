@@ -98,14 +98,45 @@ def test_pie_edits_in_the_middle_match_transformers(model) -> None:
     for batch in edits:
         lean.apply_edits(batch)
         hf.apply_edits(batch)
+        # The lean forward re-feeds the stale last token in the edit's own pass, the
+        # transformers one when the logits are asked for; after that the caches agree.
+        assert_close_logits(lean.next_token_logits(), hf.next_token_logits())
         assert lean.exact_tokens == hf.exact_tokens
         assert_same_cache(lean, hf)
-        # Re-feeds the stale last token through each forward.
-        assert_close_logits(lean.next_token_logits(), hf.next_token_logits())
     lean.refresh_stale(chunk=32)
     hf.refresh_stale(chunk=32)
     assert_same_cache(lean, hf)
     assert_close_logits(lean.next_token_logits(), hf.next_token_logits())
+
+
+def test_an_edit_and_the_last_token_share_one_pass(model) -> None:
+    lean, hf = twin_caches(model, random_ids(90, 12))
+    batch = [TokenEdit.insert(20, tuple(random_ids(4, 13))), TokenEdit.replace(50, 52, (9,))]
+    passes = []
+    step = lean._lean_step
+    lean._lean_step = lambda ids, slot, *rest, **options: (
+        passes.append(ids) or step(ids, slot, *rest, **options)
+    )
+    lean.apply_edits(batch)
+    logits = lean.next_token_logits()
+    lean._lean_step = step
+    assert [len(ids) for ids in passes] == [4 + 1 + 1]  # both runs and the last token
+    hf.apply_edits(batch)
+    assert_close_logits(logits, hf.next_token_logits())
+    assert lean.exact_tokens == hf.exact_tokens
+    assert_same_cache(lean, hf)
+
+
+def test_scattered_slots_are_checked(model) -> None:
+    step = LlamaStep(model)
+    spec = EditableCache(model, forward="hf").spec
+    shape = (spec.num_layers, spec.num_kv_heads, 16, spec.head_dim)
+    keys, values = torch.zeros(shape), torch.zeros(shape)
+    ids = torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="not 2 increasing slots"):
+        step(ids, torch.tensor([5, 5]), keys, values)
+    with pytest.raises(ValueError, match="do not fit"):
+        step(ids, torch.tensor([3, 16]), keys, values)
 
 
 def test_greedy_generation_is_the_same_on_both_forwards(model) -> None:
@@ -154,8 +185,8 @@ def test_one_token_products_through_blas_match_torch(model) -> None:
     shape = (spec.num_layers, spec.num_kv_heads, 128, spec.head_dim)
     runs = {}
     for blas in (False, True):
-        step = LlamaStep(model, blas_gemv=blas)
-        assert step.blas_gemv is blas
+        step = LlamaStep(model, blas_products=blas)
+        assert step.blas_products is blas
         keys, values = torch.zeros(shape), torch.zeros(shape)
         logits = [step(torch.tensor(random_ids(60, 10)), 0, keys, values)]
         tokens = [int(logits[-1].argmax())]
@@ -172,8 +203,8 @@ def test_one_token_products_through_blas_match_torch(model) -> None:
 def test_blas_products_are_refused_off_cpu_float32() -> None:
     model = tiny_model("llama").to(torch.bfloat16)
     with pytest.raises(UnsupportedStepError, match=r"float32 weights on CPU, not torch\.bfloat16"):
-        LlamaStep(model, blas_gemv=True)
-    assert not LlamaStep(model).blas_gemv
+        LlamaStep(model, blas_products=True)
+    assert not LlamaStep(model).blas_products
 
 
 def test_auto_picks_the_lean_forward_for_llama() -> None:
