@@ -519,22 +519,25 @@ class TokenCounter:
     """Counts the tokens a cache runs through the model, so pie-lsp's rows report what they ran.
 
     Every model pass of `EditableCache` (edits, refreshes, the re-fed last token, decoding) goes
-    through its `_forward`, whichever forward path it uses; the count wraps that one method on
-    the benchmark's own clones.
+    through its `_forward`, or `_forward_scattered` when an edit and the re-fed last token share
+    a pass, whichever forward path it uses; the count wraps those methods on the benchmark's own
+    clones.
     """
 
     def __init__(self) -> None:
         self.tokens = 0
 
     def attach(self, cache: EditableCache) -> EditableCache:
-        forward = cache._forward
+        for name in ("_forward", "_forward_scattered"):
+            setattr(cache, name, self._counting(getattr(cache, name)))
+        return cache
 
+    def _counting(self, forward: Any) -> Any:
         def counted(ids: list[int], *args: Any, **kwargs: Any) -> torch.Tensor:
             self.tokens += len(ids)
             return forward(ids, *args, **kwargs)
 
-        cache._forward = counted  # type: ignore[method-assign]
-        return cache
+        return counted
 
 
 def pie_lsp_sync(cache: EditableCache, edit: TokenEdit, settings: CompletionSettings) -> np.ndarray:

@@ -3,10 +3,11 @@
 A decode step is a chain of matrix-vector products, bound by reading the weights. torch's CPU
 build routes them to MKL, whose sgemv on AMD EPYC reads at 18-29 GB/s on 2 threads where a plain
 sum streams at 45; numpy's wheels ship OpenBLAS, whose sgemv streams at 44-50 GB/s on the same
-matrices (measured on this project's machine, `benchmarks/bench_decode.py`). For the few rows
-of an edit or a verify pass OpenBLAS's sgemm is faster too (0.5B shape, one forward: 3 tokens
-110 ms against 189, 12 tokens 136 against 200, 64 tokens 277 against 393, 512 tokens 1.81 s
-against 1.97). numpy views the torch storage, so nothing is copied.
+matrices (measured on this project's machine, `benchmarks/bench_decode.py`). For the rows of
+an edit or a verify pass OpenBLAS's sgemm is faster too (0.5B shape, one forward: 12 tokens
+137 ms against 213, 64 tokens 273 against 406, 512 tokens 2.03 s against 2.22), but not for a
+2,048-token prefill chunk (10.6 s against 9.8; `BLAS_MAX_ROWS` in llama_step.py). numpy views
+the torch storage, so nothing is copied.
 
 The two thread pools take turns: torch's OpenMP workers must sleep between parallel regions
 rather than spin, or they hold the cores OpenBLAS's threads need (a decode step of the default
