@@ -45,9 +45,11 @@ in one run mean anything, together with the floor measured in that run.
 Both engines use libgomp, whose threads spin at every barrier by default. On a machine where
 other processes compete for the cores, a spinning thread waits for a preempted partner at each
 of llama.cpp's hundreds of barriers per step (seen here: 290 ms instead of 4.5 ms for a 2-layer
-step). There, run with `OMP_WAIT_POLICY=PASSIVE` in the environment (it must be set before
-torch loads, and it applies to both engines); on a quiet machine leave it unset. The JSON
-records it and the load average.
+step). `OMP_WAIT_POLICY=PASSIVE` in the environment (it must be set before torch loads, and it
+applies to both engines) is also what pie-lsp's server sets for a model this size, since its BLAS
+decode needs sleeping workers (cache_engine/model/cpu_threading.py); on a quiet machine it slows
+llama.cpp's decode by about 1.45x, so `benchmarks/bench_decode_peer.py` times decoding with each
+engine under each policy in its own process. The JSON records the policy and the load average.
 
 Simplifications (also listed in the JSON): token level only (no text, tokenizer, HTTP, JSON or
 debounce on either side); greedy decoding of exactly 24 tokens on both sides (no sampler chain,

@@ -393,8 +393,9 @@ class EditableCache:
                 runs.append((list(edit.new_ids), edit.start + offset))
             offset += edit.delta
         encoded = sum(len(ids) for ids, _ in runs)
-        last = ordered[-1]
-        reaches_end = last.end == old_len and bool(last.new_ids)
+        # The last run may end the sequence (an edit at the end, or one just before a deletion
+        # of the tail): its pass then gives the next-token logits itself.
+        reaches_end = bool(runs) and runs[-1][1] + len(runs[-1][0]) == len(new_ids)
         # With new tokens to encode and a stale last token, one pass does both: the last token
         # is re-fed at its slot after the runs (what next_token_logits would do in a second
         # pass, which costs a full read of the weights).
@@ -415,8 +416,8 @@ class EditableCache:
         if fuse and self._exact == len(new_ids) - 1:
             self._exact = len(new_ids)
         if reaches_end:
-            # The edit reached the end, so its forward already produced the next-token logits
-            # (exact when everything before is).
+            # The last run's forward already produced the next-token logits (exact when
+            # everything before it is).
             self._next_logits = self._last_forward_logits
         reused = len(new_ids) - encoded
         return self._record(strategy, encoded, reused, moved, started)

@@ -127,6 +127,18 @@ def test_an_edit_and_the_last_token_share_one_pass(model) -> None:
     assert_same_cache(lean, hf)
 
 
+def test_an_edit_that_ends_the_sequence_before_a_deleted_tail(model) -> None:
+    lean, hf = twin_caches(model, random_ids(40, 14))
+    # The replacement's tokens become the last ones: no separate re-feed, on either forward.
+    batch = [TokenEdit.replace(30, 31, (5, 6, 7)), TokenEdit.delete(31, 40)]
+    lean.apply_edits(batch)
+    hf.apply_edits(batch)
+    assert lean.token_ids[-3:] == [5, 6, 7]
+    assert_close_logits(lean.next_token_logits(), hf.next_token_logits())
+    assert lean.exact_tokens == hf.exact_tokens == 33
+    assert_same_cache(lean, hf)
+
+
 def test_scattered_slots_are_checked(model) -> None:
     step = LlamaStep(model)
     spec = EditableCache(model, forward="hf").spec
