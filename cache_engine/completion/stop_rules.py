@@ -110,6 +110,7 @@ class CompletionStopper:
         self._block_end = block_end_for(context)
         self._suffix_line = _first_nonblank_line(context.suffix if context.multiline else "")
         self._written: set[str] = set()
+        self._def_line_open = True  # the cursor's line may still gain parameters
 
     @property
     def stopped(self) -> bool:
@@ -133,7 +134,7 @@ class CompletionStopper:
                 self._cut = index
         if self._cut is None:
             self._check_stutter()
-        if self._cut is None and self._line_index == 0 and self.context.language_id == "python":
+        if self._cut is None and self._def_line_open and self.context.language_id == "python":
             self._check_duplicate_parameter()
         if self._cut is None and not self.context.multiline:
             self._check_line_suffix()
@@ -186,8 +187,11 @@ class CompletionStopper:
                 return
 
     def _check_duplicate_parameter(self) -> None:
-        """On a `def` line, cut before the first parameter that repeats an earlier one's name."""
-        line = self.context.line_prefix + self._text
+        """On a `def` line, cut before the first parameter that repeats an earlier one's name.
+        Looks at the cursor's line only, once more after the piece that ends it."""
+        first_line = self._text.split("\n", 1)[0]
+        self._def_line_open = "\n" not in self._text
+        line = self.context.line_prefix + first_line
         opening = _DEF_OPENING.match(line)
         if opening is None:
             return
@@ -215,6 +219,11 @@ class BracketScanner:
         self._in_comment = False
         self._comment = line_comment
         self._previous = ""
+
+    @property
+    def in_text(self) -> bool:
+        """Inside a string or a line comment, where brackets and commas are only text."""
+        return self._quote is not None or self._in_comment
 
     def feed(self, char: str) -> bool:
         """False when `char` is a closing bracket with nothing open to close."""
@@ -255,9 +264,10 @@ def _repeated_parameter(line: str, start: int) -> int | None:
     for index in range(start, len(line)):
         char = line[index]
         depth = len(scanner.stack)
+        in_text = scanner.in_text
         if not scanner.feed(char) or char == "\n":
             return None
-        if depth != 1 or char not in ",)":
+        if in_text or depth != 1 or char not in ",)":
             continue
         name = _PARAMETER_NAME.match(line, segment_start)
         if name is not None and name.end() <= index:

@@ -57,7 +57,7 @@ Projection = tuple[torch.Tensor, torch.Tensor | None] | Int8WeightOnlyLinear
 def _project(x: torch.Tensor, projection: Projection, blas: bool = False) -> torch.Tensor:
     if isinstance(projection, Int8WeightOnlyLinear):
         return projection(x)
-    if blas:
+    if blas and x.shape[0] <= BLAS_MAX_ROWS:
         return blas_linear(x, *projection)
     return F.linear(x, *projection)
 
@@ -263,7 +263,7 @@ class LlamaStep:
             query_slots = slots if scattered else torch.arange(first, stop, device=self.device)
             visible = torch.arange(stop, device=self.device) <= query_slots[:, None]
         x = F.embedding(ids, self.embed)
-        blas = self.blas_products and n <= BLAS_MAX_ROWS
+        blas = self.blas_products
         for layer_keys, layer_values, w in zip(keys.unbind(0), values.unbind(0), self.layers):
             h = self._rms_norm(x, w.input_norm)
             q = _project(h, w.q, blas).view(n, heads, head_dim)

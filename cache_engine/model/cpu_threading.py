@@ -26,9 +26,12 @@ def weight_bytes_on_disk(name_or_path: str) -> int | None:
     `name_or_path` is not a local folder."""
     folder = DEFAULT_MODEL_DIR if name_or_path == DEFAULT_MODEL_NAME else Path(name_or_path)
     folder = folder.expanduser()
-    if not folder.is_dir():
-        return None
-    return sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+    try:
+        if not folder.is_dir():
+            return None
+        return sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+    except OSError:
+        return None  # unreadable: loading will say what is wrong
 
 
 def choose_openmp_wait_policy(name_or_path: str, device: str) -> str | None:

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from cache_engine.kv.llama_step import store_weights_transposed
+from cache_engine.kv.llama_step import LEAN_MODEL_TYPES, store_weights_transposed
 from cache_engine.kv.rotary import UnsupportedModelError, rotary_spec
 from cache_engine.model.cpu_threading import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 from cache_engine.model.quantization import quantize_int8_weight_only
@@ -202,11 +202,9 @@ def load_model(
         # Before decode_layout, which then re-lays only the weights left in floating point.
         quantize_int8_weight_only(model)
     if decode_layout is None:
-        decode_layout = (
-            torch_device.type == "cpu"
-            and torch_dtype == torch.float32
-            and not blas_products_usable()
-        )
+        # Only the lean step multiplies through BLAS; other architectures keep MKL's layout.
+        blas = blas_products_usable() and config.model_type in LEAN_MODEL_TYPES
+        decode_layout = torch_device.type == "cpu" and torch_dtype == torch.float32 and not blas
     if decode_layout:
         store_weights_transposed(model)
     fim = find_fim_tokens(tokenizer)

@@ -107,6 +107,10 @@ def test_a_parameter_named_twice_is_cut_before_the_repeat() -> None:
     # A repeat already before the cursor is the user's to fix; a call may repeat an argument.
     assert run("def f(a, a, |\n", "b):") == "b):"
     assert run("f(|\n", "value, value)") == "value, value)"
+    # Commas and brackets inside a default string are text; a piece may end the line too.
+    assert run("def f(|\n", 'x, y=",x", z):') == 'x, y=",x", z):'
+    assert run("def f(|\n", 'a="a)", a):') == 'a="a)"'
+    assert run("def f(|\n", "a, b, a):\n    pass", piece=9) == "a, b"
 
 
 def test_line_repeating_the_suffix_stops() -> None:
