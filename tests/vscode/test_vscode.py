@@ -178,12 +178,16 @@ def test_mid_line_shows_what_tab_inserts_and_nothing_before_code(
         except TimeoutError:
             continue
     assert shown, "no ghost text before a closing bracket at any of the calls tried"
-    # The line as drawn: VS Code renders the ghost text inside the line's own DOM node.
-    drawn = (
-        workbench.page.locator(f"{EDITOR} .view-lines .view-line", has_text=opening.strip())
-        .last.inner_text()
-        .replace("\xa0", " ")
-    )
+    # The line as drawn: VS Code renders the ghost text inside the line's own DOM node, a moment
+    # after its decoration can be read (a clean-clone run read the line between the two).
+    line = workbench.page.locator(f"{EDITOR} .view-lines .view-line", has_text=opening.strip())
+
+    def drawn_with_ghost() -> str | None:
+        text = line.last.inner_text().replace("\xa0", " ")
+        remaining = iter(squeeze(text)[len(squeeze(opening)) :])
+        return text if all(char in remaining for char in squeeze(shown)) else None
+
+    drawn = wait_until(drawn_with_ghost, GUARD, "the ghost text drawn in its line")
     workbench.page.keyboard.press("Tab")
     wait_until(lambda: workbench.ghost_text() != shown, GUARD, "the ghost text to be accepted")
     workbench.save()
