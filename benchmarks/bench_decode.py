@@ -7,7 +7,7 @@ plain transformers greedy loop, against the floor set by reading the weights onc
 
 Each method decodes --new-tokens tokens after the same --context random token ids:
   lean    EditableCache(forward="lean").generate: our forward over the slab (llama_step.py), with
-          its one-token products through numpy's BLAS where it uses it (kernels/blas_linear.py)
+          its products through numpy's BLAS where it uses it (kernels/blas_linear.py)
   lean-mkl  the same with torch's own products (MKL; blas_products=False)
   hf      EditableCache(forward="hf").generate: the transformers forward through SlabCache
   plain   model(input_ids=[[token]], cache=DynamicCache) in a loop, argmax, nothing else

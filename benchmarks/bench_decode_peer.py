@@ -36,6 +36,7 @@ def measure(repeats: int, threads: int) -> dict:
     from benchmarks.bench_llamacpp import LlamaCppContext, LlamaCppModel, write_gguf
     from cache_engine.kv.editable_cache import EditableCache
     from cache_engine.kv.llama_step import store_weights_transposed
+    from cache_engine.model.loading import default_decode_layout
     from kernels.blas_linear import blas_products_usable
 
     torch.set_num_threads(threads)
@@ -52,8 +53,8 @@ def measure(repeats: int, threads: int) -> dict:
         n_ubatch=512,
     )
     first_logits = llama.decode(ids, 0)
-    if not blas_products_usable():
-        store_weights_transposed(model)  # what load_model does when BLAS products are off
+    if default_decode_layout(model.config.model_type, torch.device("cpu"), torch.float32):
+        store_weights_transposed(model)  # as load_model would
     cache = EditableCache(model, strategy="pie", initial_capacity=len(ids) + 48, forward="lean")
     cache.reset(ids)
 

@@ -28,8 +28,8 @@ import torch
 
 
 def blas_products_usable() -> bool:
-    """Whether one-token products should go through numpy's BLAS in this process: torch's
-    OpenMP workers were told to sleep when idle (see the module docstring)."""
+    """Whether products should go through numpy's BLAS in this process: torch's OpenMP
+    workers were told to sleep when idle (see the module docstring)."""
     return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 

@@ -1,1 +1,0 @@
-"""pie-lsp's tests."""

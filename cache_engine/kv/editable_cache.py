@@ -156,8 +156,8 @@ class EditableCache:
     re-rotates the suffix; `conflict` splices new tokens in with no position fix (the paper's
     broken baseline, for evaluation only).
 
-    `blas_products` is the lean step's choice of one-token products (`LlamaStep`); None decides by
-    device, dtype and process (kernels/blas_linear.py).
+    `blas_products` is the lean step's choice of products through numpy's BLAS (`LlamaStep`);
+    None decides by device, dtype and process (kernels/blas_linear.py).
     """
 
     def __init__(

@@ -123,6 +123,14 @@ def _check_weights_format(source: str, local: bool, allow_pickle: bool) -> None:
         raise ModelLoadError(f"model folder {source!r} has no weights (*.safetensors)")
 
 
+def default_decode_layout(model_type: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `load_model` stores the weights transposed when not told: for float32 on CPU,
+    unless the lean step multiplies them through BLAS, which reads them fastest as loaded (only
+    the lean step does; other architectures keep MKL's layout)."""
+    blas = blas_products_usable() and model_type in LEAN_MODEL_TYPES
+    return device.type == "cpu" and dtype == torch.float32 and not blas
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL_NAME,
     *,
@@ -202,9 +210,7 @@ def load_model(
         # Before decode_layout, which then re-lays only the weights left in floating point.
         quantize_int8_weight_only(model)
     if decode_layout is None:
-        # Only the lean step multiplies through BLAS; other architectures keep MKL's layout.
-        blas = blas_products_usable() and config.model_type in LEAN_MODEL_TYPES
-        decode_layout = torch_device.type == "cpu" and torch_dtype == torch.float32 and not blas
+        decode_layout = default_decode_layout(config.model_type, torch_device, torch_dtype)
     if decode_layout:
         store_weights_transposed(model)
     fim = find_fim_tokens(tokenizer)
