@@ -3,10 +3,11 @@
     python -m benchmarks.bench_speculation         # results in benchmarks/results/speculation.json
 
 At line ends in code the model never saw (click, rich, typer, tqdm), the FIM prompt is encoded
-once, then `EditableCache.generate` decodes a fixed number of tokens (no stop rules, so both
-decode the same amount) plainly and with drafts from the document, interleaved and repeated.
-Checks that both give the same tokens, and reports the acceptance rate, forward passes and the
-speed-up. Run on a quiet machine (pause training).
+once, then `EditableCache.generate` decodes a fixed number of tokens (no stop rules, so all
+decode the same amount) plainly, with the shipped drafter (draft length following the
+acceptance, up to `--draft-tokens`) and with drafts of a fixed `--draft-tokens` length,
+interleaved and repeated. Checks that all give the same tokens, and reports the acceptance rate,
+forward passes and the speed-up of each drafter. Run on a quiet machine (pause training).
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_model("default")
     engine = CompletionEngine(loaded, CompletionSettings(max_new_tokens=1))
-    rows, mismatches, drafted, accepted = [], 0, 0, 0
-    plain_seconds: list[float] = []
-    speculative_seconds: list[float] = []
-    passes_plain = passes_speculative = 0
+    drafters = {
+        "adaptive": lambda: PromptLookup(args.draft_tokens),
+        "fixed": lambda: PromptLookup(args.draft_tokens, adaptive=False),
+    }
+    seconds: dict[str, list[float]] = {"plain": [], **{name: [] for name in drafters}}
+    counts = {name: {"drafted": 0, "accepted": 0, "passes": 0} for name in drafters}
+    rows, mismatches, passes_plain = [], 0, 0
     for relative in FILES:
         text = source(relative)
         uri = f"file:///bench/{relative}"
@@ -63,20 +67,26 @@ def main() -> None:
         for cursor in places(text, args.places_per_file):
             engine.complete(uri, cursor)  # encodes the prompt of this place
             cache = engine.active_region(uri).cache
-            for _ in range(args.repeats):
+            row: dict = {"file": relative, "cursor": cursor}
+            for repeat in range(args.repeats):
                 started = time.perf_counter()
                 plain = cache.generate(args.tokens, lambda token, log_prob: True)
-                plain_seconds.append(time.perf_counter() - started)
-                lookup = PromptLookup(args.draft_tokens)
-                started = time.perf_counter()
-                fast = cache.generate(args.tokens, lambda token, log_prob: True, draft=lookup)
-                speculative_seconds.append(time.perf_counter() - started)
-            mismatches += plain != fast
-            drafted += lookup.drafted
-            accepted += lookup.accepted
+                seconds["plain"].append(time.perf_counter() - started)
+                # Alternate which drafter runs first, so neither always follows plain decoding.
+                order = list(drafters) if repeat % 2 == 0 else list(reversed(drafters))
+                for name in order:
+                    lookup = drafters[name]()
+                    started = time.perf_counter()
+                    fast = cache.generate(args.tokens, lambda token, log_prob: True, draft=lookup)
+                    seconds[name].append(time.perf_counter() - started)
+                    mismatches += plain != fast
+                    if repeat == 0:
+                        counts[name]["drafted"] += lookup.drafted
+                        counts[name]["accepted"] += lookup.accepted
+                        counts[name]["passes"] += len(fast) - 1 - lookup.accepted
+                        row[f"accepted_{name}"] = lookup.accepted
             passes_plain += len(plain) - 1
-            passes_speculative += len(fast) - 1 - lookup.accepted
-            rows.append({"file": relative, "cursor": cursor, "accepted": lookup.accepted})
+            rows.append(row)
         engine.close_document(uri)
         engine.release_closed()
     result = {
@@ -85,14 +95,33 @@ def main() -> None:
         "places": len(rows),
         "tokens_per_place": args.tokens,
         "draft_tokens": args.draft_tokens,
+        "repeats": args.repeats,
         "outputs_differing_from_greedy": mismatches,
-        "drafted_tokens": drafted,
-        "accepted_tokens": accepted,
-        "acceptance_rate": accepted / drafted if drafted else None,
-        "forward_passes": {"plain": passes_plain, "speculative": passes_speculative},
-        "plain_ms_per_place_p50": 1000 * statistics.median(plain_seconds),
-        "speculative_ms_per_place_p50": 1000 * statistics.median(speculative_seconds),
-        "speed_up": sum(plain_seconds) / sum(speculative_seconds),
+        "plain": {
+            "forward_passes": passes_plain,
+            "ms_per_place_p50": 1000 * statistics.median(seconds["plain"]),
+        },
+        **{
+            name: {
+                "drafter": (
+                    f"draft length from 2, +2 after a draft kept whole, -1 after a rejection, "
+                    f"at most {args.draft_tokens} (shipped)"
+                    if name == "adaptive"
+                    else f"always {args.draft_tokens} tokens"
+                ),
+                "drafted_tokens": counts[name]["drafted"],
+                "accepted_tokens": counts[name]["accepted"],
+                "acceptance_rate": (
+                    counts[name]["accepted"] / counts[name]["drafted"]
+                    if counts[name]["drafted"]
+                    else None
+                ),
+                "forward_passes": counts[name]["passes"],
+                "ms_per_place_p50": 1000 * statistics.median(seconds[name]),
+                "speed_up": sum(seconds["plain"]) / sum(seconds[name]),
+            }
+            for name in drafters
+        },
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,32 @@ def test_speculation_respects_capacity_and_growth(llama) -> None:
 
 
 def test_prompt_lookup_drafts_what_followed_the_latest_match() -> None:
-    lookup = PromptLookup(draft_tokens=3, max_ngram=2)
+    lookup = PromptLookup(draft_tokens=3, max_ngram=2, first_draft=3)
     assert lookup([1, 2, 3, 9, 1, 2, 4, 5, 1, 2]) == [4, 5, 1]
     assert lookup([7, 8, 9]) == []
     assert PromptLookup(draft_tokens=0)([1, 1, 1]) == []
+
+
+def test_the_draft_length_follows_the_acceptance() -> None:
+    ids = list(range(40)) + list(range(10))  # after 0..9 again, 10.. followed
+    lookup = PromptLookup(draft_tokens=5)
+    assert lookup(ids) == [10, 11]  # the first draft is first_draft long
+    lookup.record(2)  # kept whole: two more
+    assert lookup(ids) == [10, 11, 12, 13]
+    lookup.record(4)
+    assert lookup(ids) == [10, 11, 12, 13, 14]  # never past draft_tokens
+    lookup.record(1)  # a rejection: one fewer
+    assert lookup.draft_length == 4
+    for _ in range(6):
+        lookup(ids)
+        lookup.record(0)
+    assert lookup.draft_length == 1  # never below one
+    assert lookup([7, 8, 9]) == []
+    lookup.record(0)  # nothing was drafted: no credit for keeping it whole
+    assert lookup.draft_length == 1
+    assert (lookup.drafted, lookup.accepted) == (2 + 4 + 5 + 4 + 3 + 2 + 1 + 1 + 1, 7)
+    assert PromptLookup(draft_tokens=1).draft_length == 1
+    fixed = PromptLookup(draft_tokens=5, adaptive=False)
+    assert fixed(ids) == [10, 11, 12, 13, 14]
+    fixed.record(0)
+    assert fixed(ids) == [10, 11, 12, 13, 14]
