@@ -80,9 +80,10 @@ def engine_decoder(
 
 
 def plain_decoder(model: PreTrainedModel, ids: list[int], new_tokens: int):
+    device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        prefill = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+        prefill = model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True)
     first = int(prefill.logits[0, -1].argmax())
 
     @torch.inference_mode()
@@ -90,7 +91,9 @@ def plain_decoder(model: PreTrainedModel, ids: list[int], new_tokens: int):
         cache.crop(len(ids) - cache.get_seq_length())  # drop the last run's tokens
         tokens = [first]
         while len(tokens) < new_tokens:
-            step = model(input_ids=torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True).logits
+            step = model(
+                input_ids=torch.tensor([[tokens[-1]]], device=device), cache=cache, use_cache=True
+            ).logits
             tokens.append(int(step[0, -1].argmax()))
         return tokens
 

@@ -56,6 +56,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="int8: weight-only int8 linear layers, about 4x fewer bytes read per token",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each decode step from a CUDA graph (a model on a CUDA --device; untested "
+        "here: no GPU)",
+    )
+    parser.add_argument(
         "--strategy",
         choices=EDIT_STRATEGIES,
         default="pie",
@@ -100,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     if arguments.stdio and arguments.tcp:
         sys.exit("pie-lsp: --stdio and --tcp exclude each other; pass one of them")
+    if arguments.cuda_graphs and not arguments.device.startswith("cuda"):
+        sys.exit(f"pie-lsp: --cuda-graphs needs a CUDA --device, not {arguments.device!r}")
     level = getattr(logging, arguments.log_level)
     # stdout carries the protocol, and editors show all of stderr as errors (Neovim's lsp.log
     # marks every line [ERROR]): the log goes to --log-file and to the client as
@@ -129,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         quantize=arguments.quantize,
         strategy=arguments.strategy,
         allow_pickle=arguments.allow_pickle,
+        cuda_graphs=arguments.cuda_graphs,
         client_log_level=max(level, logging.INFO),
     )
     server = create_server(options)

@@ -55,6 +55,7 @@ class LaunchOptions:
     quantize: Literal["int8"] | None = None
     strategy: str = "pie"
     allow_pickle: bool = False
+    cuda_graphs: bool = False
     # Records at this level and above also go to the client as window/logMessage.
     client_log_level: int = logging.INFO
 
@@ -324,13 +325,16 @@ class PieLanguageServer(LanguageServer):
             allow_pickle=options.allow_pickle,
             quantize=options.quantize,
         )
+        graphs = options.cuda_graphs
         try:
-            return CompletionEngine(loaded, self.settings.completion, self.documents)
+            return CompletionEngine(
+                loaded, self.settings.completion, self.documents, cuda_graphs=graphs
+            )
         except SettingsError as error:
             log.error("settings do not fit model %s (%s): using the defaults", options.model, error)
             defaults = CompletionSettings(strategy=self.settings.completion.strategy)
             self.settings = replace(self.settings, completion=defaults)
-            return CompletionEngine(loaded, defaults, self.documents)
+            return CompletionEngine(loaded, defaults, self.documents, cuda_graphs=graphs)
 
     def _end_progress(self, token: str, message: str) -> None:
         # The client may have gone while the model loaded: its pipe is closed, and there is no

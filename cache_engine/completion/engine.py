@@ -84,8 +84,14 @@ class CompletionEngine:
         loaded: LoadedModel,
         settings: CompletionSettings | None = None,
         documents: DocumentStore | None = None,
+        *,
+        cuda_graphs: bool = False,
     ):
-        """`documents` may already hold documents opened before the model was loaded."""
+        """`documents` may already hold documents opened before the model was loaded.
+        `cuda_graphs`: decode steps replayed from CUDA graphs (kv/decode_graph.py)."""
+        if cuda_graphs and loaded.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a CUDA device, not {loaded.device}")
+        self.cuda_graphs = cuda_graphs
         self.loaded = loaded
         self.tokenizer = IncrementalTokenizer(loaded.tokenizer)
         self.healer = TokenHealer(self.tokenizer)
@@ -519,6 +525,7 @@ class CompletionEngine:
                 strategy=settings.strategy,
                 initial_capacity=len(new_ids) + settings.max_new_tokens + 16,
                 max_capacity=limit,
+                cuda_graphs=self.cuda_graphs,
             )
         caches.stats.record_edit(cache.reset(new_ids))
         self._record_state(caches, region)

@@ -32,6 +32,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 import kernels
+from cache_engine.kv.decode_graph import CudaGraphDecode
 from cache_engine.kv.llama_step import LlamaStep, UnsupportedStepError
 from cache_engine.kv.rotary import RotarySpec, rotary_spec
 from cache_engine.kv.token_edits import TokenEdit, apply_to_ids, validate_edits
@@ -157,7 +158,9 @@ class EditableCache:
     broken baseline, for evaluation only).
 
     `blas_products` is the lean step's choice of products through numpy's BLAS (`LlamaStep`);
-    None decides by device, dtype and process (kernels/blas_linear.py).
+    None decides by device, dtype and process (kernels/blas_linear.py). `cuda_graphs` replays
+    one-token decode steps from a CUDA graph (decode_graph.py); it needs the lean step and a
+    model on a CUDA device.
     """
 
     def __init__(
@@ -169,6 +172,7 @@ class EditableCache:
         max_capacity: int | None = None,
         forward: ForwardPath = "auto",
         blas_products: bool | None = None,
+        cuda_graphs: bool = False,
     ):
         _check_strategy(strategy)
         if forward not in FORWARD_PATHS:
@@ -195,6 +199,14 @@ class EditableCache:
         self._slab = _Slab(self.spec, first, self.dtype, self.device)
         self._hf_cache = SlabCache(self._slab, self.spec.num_layers)
         self._lean_step = self._lean_step_for(forward, blas_products)
+        self._decode_graph: CudaGraphDecode | None = None
+        if cuda_graphs:
+            if self._lean_step is None:
+                raise ValueError(
+                    f"CUDA graphs replay the lean step, and model type "
+                    f"{model.config.model_type!r} runs on the transformers forward"
+                )
+            self._decode_graph = CudaGraphDecode(self._lean_step)
         self._inv_freq = self.spec.inv_freq.to(self.device)
         self._ids: list[int] = []
         # The RoPE position each slot's key carries. `pie`, `prefix` and `full` keep it 0..n−1;
@@ -289,11 +301,15 @@ class EditableCache:
         twin._hf_cache = SlabCache(twin._slab, self.spec.num_layers)
         twin._ids = list(self._ids)
         twin._positions = self._positions.clone()
+        if self._decode_graph is not None:
+            twin._decode_graph = CudaGraphDecode(self._decode_graph.step)
         return twin
 
     @torch.inference_mode(False)
     def release(self) -> None:
         """Free the buffers; the cache is empty and usable afterwards."""
+        if self._decode_graph is not None:
+            self._decode_graph.release()
         self._ids = []
         self._exact = 0
         self._next_logits = None
@@ -616,7 +632,10 @@ class EditableCache:
     ) -> torch.Tensor:
         """Run ids at positions slot.. writing K/V at those slots; returns fp32 logits."""
         input_ids = torch.tensor(ids, device=self.device)
-        if self._lean_step is not None:
+        if self._decode_graph is not None and len(ids) == 1:
+            slab = self._slab
+            logits = self._decode_graph(input_ids, slot, slab.keys, slab.values).float()
+        elif self._lean_step is not None:
             slab = self._slab
             logits = self._lean_step(
                 input_ids, slot, slab.keys, slab.values, all_logits=all_logits

@@ -265,29 +265,13 @@ class LlamaStep:
         x = F.embedding(ids, self.embed)
         blas = self.blas_products
         for layer_keys, layer_values, w in zip(keys.unbind(0), values.unbind(0), self.layers):
-            h = self._rms_norm(x, w.input_norm)
-            q = _project(h, w.q, blas).view(n, heads, head_dim)
-            k = _project(h, w.k, blas).view(n, kv_heads, head_dim)
-            v = _project(h, w.v, blas).view(n, kv_heads, head_dim)
-            qk = torch.cat((q, k), dim=1)  # one RoPE pass for both
-            if w.q_norm is not None:
-                qk = torch.cat(
-                    (
-                        self._rms_norm(qk[:, :heads], w.q_norm),
-                        self._rms_norm(qk[:, heads:], w.k_norm),
-                    ),
-                    dim=1,
-                )
-            # rotate_half(x) · sin = [x2, x1] · [-sin, sin]: one roll instead of slices and a cat.
-            rotated = qk * cos
-            rotated.addcmul_(qk.roll(head_dim // 2, dims=-1), signed_sin)
+            q, k, v = self.attention_inputs(x, w, cos, signed_sin, blas)
             if scattered:
-                layer_keys.index_copy_(1, slots, rotated[:, heads:].transpose(0, 1))
+                layer_keys.index_copy_(1, slots, k.transpose(0, 1))
                 layer_values.index_copy_(1, slots, v.transpose(0, 1))
             else:
-                layer_keys[:, first:stop].copy_(rotated[:, heads:].transpose(0, 1))
+                layer_keys[:, first:stop].copy_(k.transpose(0, 1))
                 layer_values[:, first:stop].copy_(v.transpose(0, 1))
-            q = rotated[:, :heads]
             # 4-D throughout: with 3-D inputs SDPA takes its slow math kernel on CPU.
             if n == 1:
                 # A group's query heads laid along the query axis share their K/V head as is.
@@ -305,10 +289,54 @@ class LlamaStep:
                     enable_gqa=groups > 1,
                 )[0]
                 attended = attended.transpose(0, 1).reshape(n, heads * head_dim)
-            x = x + _project(attended, w.o, blas)
-            h = self._rms_norm(x, w.post_attention_norm)
-            gate, up = _project(h, w.gate, blas), _project(h, w.up, blas)
-            x = x + _project(F.silu(gate) * up, w.down, blas)
+            x = self.after_attention(x, attended, w, blas)
         if not all_logits:
             x = x[-1:]
+        return self.logits(x, blas)
+
+    def attention_inputs(
+        self,
+        x: torch.Tensor,
+        w: _LayerWeights,
+        cos: torch.Tensor,
+        signed_sin: torch.Tensor,
+        blas: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A layer's q [n, heads, head_dim] and k [n, kv_heads, head_dim], both rotated by
+        cos/signed_sin [n, 1, head_dim], and v [n, kv_heads, head_dim] for hidden states x."""
+        n, heads = x.shape[0], self.num_heads
+        h = self._rms_norm(x, w.input_norm)
+        q = _project(h, w.q, blas).view(n, heads, self.head_dim)
+        k = _project(h, w.k, blas).view(n, self.num_kv_heads, self.head_dim)
+        v = _project(h, w.v, blas).view(n, self.num_kv_heads, self.head_dim)
+        qk = torch.cat((q, k), dim=1)  # one RoPE pass for both
+        if w.q_norm is not None:
+            qk = torch.cat(
+                (
+                    self._rms_norm(qk[:, :heads], w.q_norm),
+                    self._rms_norm(qk[:, heads:], w.k_norm),
+                ),
+                dim=1,
+            )
+        # rotate_half(x) · sin = [x2, x1] · [-sin, sin]: one roll instead of slices and a cat.
+        rotated = qk * cos
+        rotated.addcmul_(qk.roll(self.head_dim // 2, dims=-1), signed_sin)
+        return rotated[:, :heads], rotated[:, heads:], v
+
+    def after_attention(
+        self, x: torch.Tensor, attended: torch.Tensor, w: _LayerWeights, blas: bool = False
+    ) -> torch.Tensor:
+        """The rest of a layer: the output projection of `attended` [n, heads · head_dim] and
+        the MLP, each added to the residual x [n, hidden]."""
+        x = x + _project(attended, w.o, blas)
+        h = self._rms_norm(x, w.post_attention_norm)
+        gate, up = _project(h, w.gate, blas), _project(h, w.up, blas)
+        return x + _project(F.silu(gate) * up, w.down, blas)
+
+    def logits(self, x: torch.Tensor, blas: bool = False) -> torch.Tensor:
+        """Logits [n, vocab] for final hidden states x [n, hidden]."""
         return _project(self._rms_norm(x, self.final_norm), self.lm_head, blas)
+
+    def rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and [-sin, sin] for positions 0..length−1, [length, 1, head_dim]."""
+        return self._rotary_rows(0, length)

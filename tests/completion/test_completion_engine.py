@@ -328,3 +328,8 @@ def test_healing_tokens_do_not_count_against_max_new_tokens(engine) -> None:
     assert engine.active_region(URI).prompt.healed == " val"
     # One token beyond the healed text, however many spelled it out again.
     assert completion.text or completion.reason in ("end of text", "stop rule")
+
+
+def test_cuda_graphs_need_a_model_on_a_cuda_device(loaded_random_model) -> None:
+    with pytest.raises(ValueError, match="CUDA device, not cpu"):
+        CompletionEngine(loaded_random_model, cuda_graphs=True)

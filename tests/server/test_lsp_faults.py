@@ -252,6 +252,18 @@ def test_stdio_and_tcp_exclude_each_other() -> None:
     assert "--stdio and --tcp" in completed.stderr
 
 
+def test_cuda_graphs_on_a_cpu_device_is_refused_before_loading() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "lsp_server", "--cuda-graphs", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert "--cuda-graphs needs a CUDA --device, not 'cpu'" in completed.stderr
+
+
 async def read_stderr(server: Server) -> str:
     assert server.process.stderr is not None
     return (await asyncio.wait_for(server.process.stderr.read(), GUARD)).decode()
