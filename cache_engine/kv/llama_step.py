@@ -4,9 +4,11 @@ The transformers forward pays for generality on every call: kwargs plumbing, a m
 rotary module, a Cache object per layer; a decode step of a small model is largely that overhead
 (gpt-fast's observation). This pass does only the arithmetic: RoPE on q and k together from a
 table built once (a slice per step), K/V written straight into the slab at slots slot..slot+n,
-and one SDPA call per layer over slots 0..slot+n. Grouped-query heads share their K/V head
-without a copy: for one token the group's query heads are laid along the query axis (and need
-no mask), for more SDPA's `enable_gqa` does it (torch >= 2.5).
+and one attention call per layer over slots 0..slot+n. Grouped-query heads share their K/V head
+without a copy: for one token the group's query heads are laid along SDPA's query axis (and
+need no mask); for up to 64 tokens (edits, verify passes) a K/V head's query heads and tokens
+form one matrix for two batched products (`_grouped_attention`); longer passes take SDPA's
+flash kernel with `enable_gqa` (torch >= 2.5).
 
 What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
 On CPU in float32 every product goes through numpy's BLAS where it is usable
@@ -43,6 +45,9 @@ LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 # up to here and loses on a 2,048-token prefill chunk (0.5B shape, 2 threads: 512 rows 2.03 s
 # against MKL's 2.22, 2,048 rows 10.6 s against 9.8).
 BLAS_MAX_ROWS = 512
+# Passes of up to this many tokens attend through two batched products (`_grouped_attention`);
+# longer ones through SDPA's flash kernel, which does not hold a [queries, slots] score matrix.
+GROUPED_ATTENTION_MAX_ROWS = 64
 
 
 class UnsupportedStepError(ValueError):
@@ -262,6 +267,7 @@ class LlamaStep:
             # Query i sees slots 0..its own; one token sees them all and needs no mask.
             query_slots = slots if scattered else torch.arange(first, stop, device=self.device)
             visible = torch.arange(stop, device=self.device) <= query_slots[:, None]
+        hidden = ~visible if visible is not None and n <= GROUPED_ATTENTION_MAX_ROWS else None
         x = F.embedding(ids, self.embed)
         blas = self.blas_products
         for layer_keys, layer_values, w in zip(keys.unbind(0), values.unbind(0), self.layers):
@@ -280,6 +286,10 @@ class LlamaStep:
                     layer_keys[None, :, :stop],
                     layer_values[None, :, :stop],
                 ).view(1, heads * head_dim)
+            elif hidden is not None:
+                attended = self._grouped_attention(
+                    q, layer_keys[:, :stop], layer_values[:, :stop], hidden
+                )
             else:
                 attended = F.scaled_dot_product_attention(
                     q.transpose(0, 1)[None],
@@ -293,6 +303,26 @@ class LlamaStep:
         if not all_logits:
             x = x[-1:]
         return self.logits(x, blas)
+
+    def _grouped_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of a few queries q [n, heads, head_dim] over keys/values [kv_heads, slots,
+        head_dim], each query kept off the slots `hidden` [n, slots] marks; [n, heads · head_dim].
+
+        A K/V head's query heads and all n queries go through it as one matrix: two batched
+        products over the K/V heads, which on CPU run 1.3-1.8x faster than SDPA's masked GQA
+        kernel for 2-64 queries (0.5B shape, 2k slots, 2 threads)."""
+        n, heads, head_dim = q.shape
+        kv_heads, slots = keys.shape[0], keys.shape[1]
+        groups = heads // kv_heads
+        grouped = q.view(n, kv_heads, groups, head_dim).permute(1, 2, 0, 3)
+        scores = torch.bmm(grouped.reshape(kv_heads, groups * n, head_dim), keys.transpose(1, 2))
+        scores = scores.view(kv_heads, groups, n, slots)
+        scores.mul_(head_dim**-0.5).masked_fill_(hidden, float("-inf"))
+        weights = torch.softmax(scores.view(kv_heads, groups * n, slots), dim=-1)
+        attended = torch.bmm(weights, values).view(kv_heads, groups, n, head_dim)
+        return attended.permute(2, 0, 1, 3).reshape(n, heads * head_dim)
 
     def attention_inputs(
         self,
