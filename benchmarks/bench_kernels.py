@@ -1,4 +1,5 @@
-"""Time the fused PIE move+rotate against a plain move of the same bytes.
+"""Time the PIE move+rotate (the torch reference, the layer-at-a-time pass that CPU caches use,
+Triton on CUDA) against a plain move of the same bytes.
 
 Cache shaped like Qwen2.5-Coder-0.5B (24 layers, 2 KV heads, head_dim 64, rope theta 1e6).
 Each timed call moves a suffix of N tokens by +delta (an insertion) or back by -delta (a
@@ -97,7 +98,10 @@ def time_moves(
 
 
 def fused_impls(device: torch.device) -> dict[str, Callable[..., None]]:
-    impls: dict[str, Callable[..., None]] = {"torch": kernels.shift_rotate_suffix_reference}
+    impls: dict[str, Callable[..., None]] = {
+        "torch": kernels.shift_rotate_suffix_reference,
+        "torch-grouped": kernels.shift_rotate_suffix_cpu,
+    }
     if device.type == "cuda" and kernels.TRITON_AVAILABLE:
         impls["triton"] = kernels.shift_rotate_suffix_triton
     return impls
@@ -141,14 +145,14 @@ def bench_device(device: torch.device, dtype_name: str, reps: int) -> list[Row]:
 
 def format_row(row: Row) -> str:
     return (
-        f"{row.device:>6} {row.impl:>7} {row.dtype:>5} {row.suffix_tokens:>7} "
+        f"{row.device:>6} {row.impl:>15} {row.dtype:>5} {row.suffix_tokens:>7} "
         f"{row.suffix_mib:>9.2f} {row.median_ms:>10.3f} {row.copy_median_ms:>10.3f} "
         f"{row.slowdown_vs_copy:>8.2f} {row.effective_gib_s:>9.2f}"
     )
 
 
 HEADER = (
-    f"{'device':>6} {'impl':>7} {'dtype':>5} {'tokens':>7} {'K+V MiB':>9} "
+    f"{'device':>6} {'impl':>15} {'dtype':>5} {'tokens':>7} {'K+V MiB':>9} "
     f"{'fused ms':>10} {'copy ms':>10} {'fused/cp':>8} {'GiB/s':>9}"
 )
 

@@ -2,7 +2,8 @@
 
 Cache layout: keys and values are each [num_layers, num_kv_heads, capacity, head_dim].
 `shift_rotate_suffix` picks the fused Triton kernel on CUDA when triton is installed and the
-torch reference everywhere else. `blas_linear` (kernels/blas_linear.py) is x·Wᵀ through numpy's
+layer-at-a-time torch pass (shift_rotate_cpu.py) everywhere else; the torch reference
+(shift_rotate_reference.py) is what both are tested against. `blas_linear` (kernels/blas_linear.py) is x·Wᵀ through numpy's
 BLAS, against `torch.nn.functional.linear`.
 """
 
@@ -13,6 +14,7 @@ import torch
 from kernels.blas_linear import blas_linear, blas_products_usable
 from kernels.shift_rotate import TRITON_AVAILABLE, shift_rotate_suffix_triton
 from kernels.shift_rotate_checks import check_kv_cache, check_move
+from kernels.shift_rotate_cpu import shift_rotate_suffix_cpu
 from kernels.shift_rotate_reference import shift_rotate_suffix_reference
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "blas_products_usable",
     "copy_suffix",
     "shift_rotate_suffix",
+    "shift_rotate_suffix_cpu",
     "shift_rotate_suffix_reference",
     "shift_rotate_suffix_triton",
 ]
@@ -46,7 +49,7 @@ def shift_rotate_suffix(
     if keys.is_cuda and TRITON_AVAILABLE:
         impl = shift_rotate_suffix_triton
     else:
-        impl = shift_rotate_suffix_reference
+        impl = shift_rotate_suffix_cpu
     impl(keys, values, start, end, delta, inv_freq, rotary_dim=rotary_dim, interleaved=interleaved)
 
 

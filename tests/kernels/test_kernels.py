@@ -1,5 +1,5 @@
-"""Tests for kernels/: the Triton shift-and-rotate kernel against its torch reference, and the
-reference against an independent float64 RoPE oracle.
+"""Tests for kernels/: the Triton shift-and-rotate kernel and the layer-at-a-time CPU pass against
+their torch reference, and the reference against an independent float64 RoPE oracle.
 
 The Triton kernel runs under the interpreter on CPU tensors. Triton reads TRITON_INTERPRET when
 a kernel is jit-decorated; kernels/ decorates on first launch, and this module sets the flag
@@ -25,6 +25,7 @@ import kernels
 from kernels import (
     copy_suffix,
     shift_rotate_suffix,
+    shift_rotate_suffix_cpu,
     shift_rotate_suffix_reference,
     shift_rotate_suffix_triton,
 )
@@ -33,6 +34,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ShiftRotate = Callable[..., None]
 
 needs_triton = pytest.mark.skipif(not kernels.TRITON_AVAILABLE, reason="triton not installed")
+IMPL_BY_NAME: dict[str, ShiftRotate] = {
+    "reference": shift_rotate_suffix_reference,
+    "cpu": shift_rotate_suffix_cpu,
+    "triton": shift_rotate_suffix_triton,
+}
 
 # Relative tolerance of one storage ulp: the interpreter rounds fp32 -> bf16 toward zero while
 # torch rounds to nearest even, so bf16 results may differ by one ulp.
@@ -130,6 +136,35 @@ def test_triton_matches_reference(
     ref_k, ref_v, tri_k, tri_v = run_both(keys, values, move, rotary_dim, interleaved)
     assert_keys_close(tri_k, ref_k)
     assert torch.equal(tri_v, ref_v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout[0])
+@pytest.mark.parametrize("move", MOVES, ids=str)
+def test_cpu_pass_matches_reference(
+    dtype: torch.dtype,
+    layout: tuple[str, int, int | None, bool],
+    move: tuple[int, int, int],
+) -> None:
+    _, head_dim, rotary_dim, interleaved = layout
+    case = MOVES.index(move) + LAYOUTS.index(layout) + DTYPES.index(dtype)
+    num_layers, num_heads = SHAPES[case % len(SHAPES)]
+    keys, values = random_cache(num_layers, num_heads, CAPACITY, head_dim, dtype, seed=case)
+    start, end, delta = move
+    inv_freq = make_inv_freq(rotary_dim or head_dim)
+    opts = {"rotary_dim": rotary_dim, "interleaved": interleaved}
+    ref_k, ref_v = keys.clone(), values.clone()
+    shift_rotate_suffix_reference(ref_k, ref_v, start, end, delta, inv_freq, **opts)
+    cpu_k, cpu_v = keys.clone(), values.clone()
+    shift_rotate_suffix_cpu(cpu_k, cpu_v, start, end, delta, inv_freq, **opts)
+    assert_keys_close(cpu_k, ref_k)
+    assert torch.equal(cpu_v, ref_v)
+    # Dims past rotary_dim and every slot outside the destination are copied, not computed.
+    rot = rotary_dim or head_dim
+    assert torch.equal(cpu_k[..., rot:], ref_k[..., rot:])
+    outside = torch.ones(CAPACITY, dtype=torch.bool)
+    outside[start + delta : end + delta] = False
+    assert torch.equal(cpu_k[:, :, outside], ref_k[:, :, outside])
 
 
 @needs_triton
@@ -232,7 +267,7 @@ def test_reference_matches_rope_at_new_position(
     assert torch.equal(values[:, :, start + delta : end + delta], old_values[:, :, start:end])
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("impl", ["reference", "cpu", "triton"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("move", [(3, 36, 5), (9, 42, -4), (40, 41, 39), (79, 80, -79)], ids=str)
 def test_slots_outside_destination_untouched(
@@ -240,7 +275,7 @@ def test_slots_outside_destination_untouched(
 ) -> None:
     if impl == "triton" and not kernels.TRITON_AVAILABLE:
         pytest.skip("triton not installed")
-    fn = shift_rotate_suffix_triton if impl == "triton" else shift_rotate_suffix_reference
+    fn = IMPL_BY_NAME[impl]
     start, end, delta = move
     keys, values = random_cache(2, 2, CAPACITY, 64, dtype, seed=13)
     new_k, new_v = keys.clone(), values.clone()
@@ -252,14 +287,14 @@ def test_slots_outside_destination_untouched(
     assert torch.equal(new_v[:, :, outside], values[:, :, outside])
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("impl", ["reference", "cpu", "triton"])
 @pytest.mark.parametrize(("rotary_dim", "interleaved"), [(None, False), (None, True), (32, False)])
 def test_rotate_forward_and_back_is_identity(
     impl: str, rotary_dim: int | None, interleaved: bool
 ) -> None:
     if impl == "triton" and not kernels.TRITON_AVAILABLE:
         pytest.skip("triton not installed")
-    fn = shift_rotate_suffix_triton if impl == "triton" else shift_rotate_suffix_reference
+    fn = IMPL_BY_NAME[impl]
     keys, values = random_cache(2, 2, CAPACITY, 64, torch.float32, seed=17)
     new_k, new_v = keys.clone(), values.clone()
     inv_freq = make_inv_freq(rotary_dim or 64)
@@ -273,11 +308,11 @@ def test_rotate_forward_and_back_is_identity(
 # --- Dispatch, copy baseline, no-ops -------------------------------------------------------
 
 
-def test_dispatch_on_cpu_uses_reference() -> None:
+def test_dispatch_on_cpu_uses_the_cpu_pass() -> None:
     keys, values = random_cache(2, 2, 48, 64, torch.bfloat16, seed=19)
     ref_k, ref_v = keys.clone(), values.clone()
     inv_freq = make_inv_freq(64)
-    shift_rotate_suffix_reference(ref_k, ref_v, 4, 40, -3, inv_freq)
+    shift_rotate_suffix_cpu(ref_k, ref_v, 4, 40, -3, inv_freq)
     shift_rotate_suffix(keys, values, 4, 40, -3, inv_freq)
     assert torch.equal(keys, ref_k)
     assert torch.equal(values, ref_v)
@@ -295,7 +330,11 @@ def test_copy_suffix_moves_bytes(move: tuple[int, int, int]) -> None:
         assert torch.equal(new, expected)
 
 
-IMPLS: list[ShiftRotate] = [shift_rotate_suffix_reference, shift_rotate_suffix_triton]
+IMPLS: list[ShiftRotate] = [
+    shift_rotate_suffix_reference,
+    shift_rotate_suffix_cpu,
+    shift_rotate_suffix_triton,
+]
 
 
 @pytest.mark.parametrize("fn", IMPLS, ids=lambda fn: fn.__name__)
