@@ -158,7 +158,8 @@ class EditableCache:
     broken baseline, for evaluation only).
 
     `blas_products` is the lean step's choice of products through numpy's BLAS (`LlamaStep`);
-    None decides by device, dtype and process (kernels/blas_linear.py). `cuda_graphs` replays
+    None decides by device, dtype and process (kernels/blas_linear.py); `onednn_products` its
+    choice of oneDNN for passes of several rows (kernels/onednn_linear.py). `cuda_graphs` replays
     one-token decode steps from a CUDA graph (decode_graph.py); it needs the lean step and a
     model on a CUDA device.
     """
@@ -172,6 +173,7 @@ class EditableCache:
         max_capacity: int | None = None,
         forward: ForwardPath = "auto",
         blas_products: bool | None = None,
+        onednn_products: bool | None = None,
         cuda_graphs: bool = False,
     ):
         _check_strategy(strategy)
@@ -198,7 +200,7 @@ class EditableCache:
         self.dtype = parameter.dtype
         self._slab = _Slab(self.spec, first, self.dtype, self.device)
         self._hf_cache = SlabCache(self._slab, self.spec.num_layers)
-        self._lean_step = self._lean_step_for(forward, blas_products)
+        self._lean_step = self._lean_step_for(forward, blas_products, onednn_products)
         self._decode_graph: CudaGraphDecode | None = None
         if cuda_graphs:
             if self._lean_step is None:
@@ -674,11 +676,15 @@ class EditableCache:
             self._slab.write_at = 0
         return output.logits[0].float()
 
-    def _lean_step_for(self, forward: ForwardPath, blas_products: bool | None) -> LlamaStep | None:
+    def _lean_step_for(
+        self, forward: ForwardPath, blas_products: bool | None, onednn_products: bool | None
+    ) -> LlamaStep | None:
         if forward == "hf":
             return None
         try:
-            return LlamaStep(self.model, blas_products=blas_products)
+            return LlamaStep(
+                self.model, blas_products=blas_products, onednn_products=onednn_products
+            )
         except UnsupportedStepError:
             if forward == "lean":
                 raise

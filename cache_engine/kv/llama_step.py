@@ -11,9 +11,11 @@ form one matrix for two batched products (`_grouped_attention`); longer passes t
 flash kernel with `enable_gqa` (torch >= 2.5).
 
 What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
-On CPU in float32 every product goes through numpy's BLAS where it is usable
-(kernels/blas_linear.py: OpenBLAS streams the weights at memory speed, torch's MKL GEMV at about
-half); otherwise `store_weights_transposed` is what helps MKL.
+On CPU in float32 (`Products`): passes of several rows (prefill, edits, verify passes) multiply
+through oneDNN (kernels/onednn_linear.py: about twice MKL's speed here); one-row products go
+through numpy's BLAS where it is usable (kernels/blas_linear.py: OpenBLAS streams the weights
+at memory speed, torch's MKL GEMV at about half), otherwise through MKL, which
+`store_weights_transposed` helps.
 Measured and left out (CPU, default model): fusing q/k/v and gate/up into one matrix each made
 no difference beyond noise and copies the weights; `torch.compile` of the layers (inductor,
 dynamic shapes) took 77 s to compile, 48 s more for a 3-token verify, and ran ~8x slower.
@@ -39,12 +41,17 @@ from transformers import PreTrainedModel
 from cache_engine.kv.rotary import rotary_spec
 from cache_engine.model.quantization import Int8WeightOnlyLinear
 from kernels.blas_linear import blas_linear, blas_products_usable
+from kernels.onednn_linear import onednn_linear, onednn_linear_usable
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 # Passes of more rows multiply with torch even where BLAS products are on: OpenBLAS's sgemm wins
 # up to here and loses on a 2,048-token prefill chunk (0.5B shape, 2 threads: 512 rows 2.03 s
 # against MKL's 2.22, 2,048 rows 10.6 s against 9.8).
 BLAS_MAX_ROWS = 512
+# Passes of at least this many rows multiply through oneDNN where it is on: it is about twice
+# as fast as MKL and OpenBLAS for several rows (kernels/onednn_linear.py); one row, a decode
+# step, streams fastest through OpenBLAS or MKL.
+ONEDNN_MIN_ROWS = 2
 # Passes of up to this many tokens attend through two batched products (`_grouped_attention`);
 # longer ones through SDPA's flash kernel, which does not hold a [queries, slots] score matrix.
 GROUPED_ATTENTION_MAX_ROWS = 64
@@ -59,12 +66,27 @@ class UnsupportedStepError(ValueError):
 Projection = tuple[torch.Tensor, torch.Tensor | None] | Int8WeightOnlyLinear
 
 
-def _project(x: torch.Tensor, projection: Projection, blas: bool = False) -> torch.Tensor:
-    if isinstance(projection, Int8WeightOnlyLinear):
-        return projection(x)
-    if blas and x.shape[0] <= BLAS_MAX_ROWS:
-        return blas_linear(x, *projection)
-    return F.linear(x, *projection)
+@dataclass(frozen=True)
+class Products:
+    """Which library multiplies a pass's rows by a plain projection: oneDNN for passes of
+    `ONEDNN_MIN_ROWS` rows or more (`onednn`), numpy's BLAS up to `BLAS_MAX_ROWS` (`blas`),
+    torch's `F.linear` otherwise. An int8 projection multiplies itself."""
+
+    blas: bool = False
+    onednn: bool = False
+
+    def __call__(self, x: torch.Tensor, projection: Projection) -> torch.Tensor:
+        if isinstance(projection, Int8WeightOnlyLinear):
+            return projection(x)
+        rows = x.shape[0]
+        if self.onednn and rows >= ONEDNN_MIN_ROWS:
+            return onednn_linear(x, *projection)
+        if self.blas and rows <= BLAS_MAX_ROWS:
+            return blas_linear(x, *projection)
+        return F.linear(x, *projection)
+
+
+TORCH_PRODUCTS = Products()
 
 
 @dataclass(frozen=True)
@@ -126,9 +148,17 @@ class LlamaStep:
     the weights as they are now: after an optimizer step or a `store_weights_transposed`.
 
     `blas_products`: the products through numpy's BLAS (kernels/blas_linear.py); None uses it
-    for float32 weights on CPU where `blas_products_usable()`."""
+    for float32 weights on CPU where `blas_products_usable()`. `onednn_products`: passes of
+    several rows through oneDNN (kernels/onednn_linear.py); None uses it for float32 weights on
+    CPU where `onednn_linear_usable()`."""
 
-    def __init__(self, model: PreTrainedModel, *, blas_products: bool | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        blas_products: bool | None = None,
+        onednn_products: bool | None = None,
+    ):
         config = model.config
         label = _label(model)
         if config.model_type not in LEAN_MODEL_TYPES:
@@ -154,14 +184,19 @@ class LlamaStep:
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         cpu_float32 = self.device.type == "cpu" and self.dtype == torch.float32
-        if blas_products and not cpu_float32:
-            raise UnsupportedStepError(
-                f"model {label}: blas_products multiplies float32 weights on CPU, not {self.dtype} "
-                f"on {self.device}"
-            )
+        for name, asked in (("blas_products", blas_products), ("onednn_products", onednn_products)):
+            if asked and not cpu_float32:
+                raise UnsupportedStepError(
+                    f"model {label}: {name} multiplies float32 weights on CPU, not {self.dtype} "
+                    f"on {self.device}"
+                )
         self.blas_products = (
             cpu_float32 and blas_products_usable() if blas_products is None else blas_products
         )
+        self.onednn_products = (
+            cpu_float32 and onednn_linear_usable() if onednn_products is None else onednn_products
+        )
+        self.products = Products(blas=self.blas_products, onednn=self.onednn_products)
         # yarn scales cos and sin; the others use 1.
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.inv_freq = spec.inv_freq.to(self.device)
@@ -269,9 +304,9 @@ class LlamaStep:
             visible = torch.arange(stop, device=self.device) <= query_slots[:, None]
         hidden = ~visible if visible is not None and n <= GROUPED_ATTENTION_MAX_ROWS else None
         x = F.embedding(ids, self.embed)
-        blas = self.blas_products
+        products = self.products
         for layer_keys, layer_values, w in zip(keys.unbind(0), values.unbind(0), self.layers):
-            q, k, v = self.attention_inputs(x, w, cos, signed_sin, blas)
+            q, k, v = self.attention_inputs(x, w, cos, signed_sin, products)
             if scattered:
                 layer_keys.index_copy_(1, slots, k.transpose(0, 1))
                 layer_values.index_copy_(1, slots, v.transpose(0, 1))
@@ -299,10 +334,10 @@ class LlamaStep:
                     enable_gqa=groups > 1,
                 )[0]
                 attended = attended.transpose(0, 1).reshape(n, heads * head_dim)
-            x = self.after_attention(x, attended, w, blas)
+            x = self.after_attention(x, attended, w, products)
         if not all_logits:
             x = x[-1:]
-        return self.logits(x, blas)
+        return self.logits(x, products)
 
     def _grouped_attention(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, hidden: torch.Tensor
@@ -330,15 +365,15 @@ class LlamaStep:
         w: _LayerWeights,
         cos: torch.Tensor,
         signed_sin: torch.Tensor,
-        blas: bool = False,
+        products: Products = TORCH_PRODUCTS,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A layer's q [n, heads, head_dim] and k [n, kv_heads, head_dim], both rotated by
         cos/signed_sin [n, 1, head_dim], and v [n, kv_heads, head_dim] for hidden states x."""
         n, heads = x.shape[0], self.num_heads
         h = self._rms_norm(x, w.input_norm)
-        q = _project(h, w.q, blas).view(n, heads, self.head_dim)
-        k = _project(h, w.k, blas).view(n, self.num_kv_heads, self.head_dim)
-        v = _project(h, w.v, blas).view(n, self.num_kv_heads, self.head_dim)
+        q = products(h, w.q).view(n, heads, self.head_dim)
+        k = products(h, w.k).view(n, self.num_kv_heads, self.head_dim)
+        v = products(h, w.v).view(n, self.num_kv_heads, self.head_dim)
         qk = torch.cat((q, k), dim=1)  # one RoPE pass for both
         if w.q_norm is not None:
             qk = torch.cat(
@@ -354,18 +389,22 @@ class LlamaStep:
         return rotated[:, :heads], rotated[:, heads:], v
 
     def after_attention(
-        self, x: torch.Tensor, attended: torch.Tensor, w: _LayerWeights, blas: bool = False
+        self,
+        x: torch.Tensor,
+        attended: torch.Tensor,
+        w: _LayerWeights,
+        products: Products = TORCH_PRODUCTS,
     ) -> torch.Tensor:
         """The rest of a layer: the output projection of `attended` [n, heads · head_dim] and
         the MLP, each added to the residual x [n, hidden]."""
-        x = x + _project(attended, w.o, blas)
+        x = x + products(attended, w.o)
         h = self._rms_norm(x, w.post_attention_norm)
-        gate, up = _project(h, w.gate, blas), _project(h, w.up, blas)
-        return x + _project(F.silu(gate) * up, w.down, blas)
+        gate, up = products(h, w.gate), products(h, w.up)
+        return x + products(F.silu(gate) * up, w.down)
 
-    def logits(self, x: torch.Tensor, blas: bool = False) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, products: Products = TORCH_PRODUCTS) -> torch.Tensor:
         """Logits [n, vocab] for final hidden states x [n, hidden]."""
-        return _project(self._rms_norm(x, self.final_norm), self.lm_head, blas)
+        return products(self._rms_norm(x, self.final_norm), self.lm_head)
 
     def rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and [-sin, sin] for positions 0..length−1, [length, 1, head_dim]."""

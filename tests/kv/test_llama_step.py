@@ -212,11 +212,34 @@ def test_one_token_products_through_blas_match_torch(model) -> None:
         torch.testing.assert_close(blas_result, torch_result, atol=ATOL, rtol=0)
 
 
-def test_blas_products_are_refused_off_cpu_float32() -> None:
+def test_passes_of_several_rows_through_onednn_match_torch(model) -> None:
+    spec = EditableCache(model, forward="hf").spec
+    shape = (spec.num_layers, spec.num_kv_heads, 128, spec.head_dim)
+    runs = {}
+    for onednn in (False, True):
+        step = LlamaStep(model, onednn_products=onednn, blas_products=False)
+        assert step.products.onednn is onednn
+        keys, values = torch.zeros(shape), torch.zeros(shape)
+        # A prefill, a run of new tokens in the middle (an edit), a verify pass, one token.
+        logits = [
+            step(torch.tensor(random_ids(70, 11)), 0, keys, values, all_logits=True),
+            step(torch.tensor(random_ids(5, 12)), 30, keys, values, all_logits=True),
+            step(torch.tensor(random_ids(9, 13)), 70, keys, values, all_logits=True),
+            step(torch.tensor(random_ids(1, 14)), 79, keys, values),
+        ]
+        runs[onednn] = (torch.cat(logits), keys, values)
+    for onednn_result, torch_result in zip(runs[True], runs[False], strict=True):
+        torch.testing.assert_close(onednn_result, torch_result, atol=ATOL, rtol=0)
+
+
+def test_blas_and_onednn_products_are_refused_off_cpu_float32() -> None:
     model = tiny_model("llama").to(torch.bfloat16)
     with pytest.raises(UnsupportedStepError, match=r"float32 weights on CPU, not torch\.bfloat16"):
         LlamaStep(model, blas_products=True)
+    with pytest.raises(UnsupportedStepError, match=r"onednn_products multiplies float32"):
+        LlamaStep(model, onednn_products=True)
     assert not LlamaStep(model).blas_products
+    assert not LlamaStep(model).onednn_products
 
 
 def test_auto_picks_the_lean_forward_for_llama() -> None:
