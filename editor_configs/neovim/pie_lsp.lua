@@ -11,7 +11,7 @@
 --   g:pie_lsp_settings   the "pieLsp" settings table (see `pie-lsp --help`)
 --
 -- Keys in insert mode: <Tab> accepts the suggestion (or inserts a tab), <M-]> / <M-[> cycle.
--- :PieLspStats shows the server's per-document cache statistics.
+-- :PieLspStats sums up this buffer's completions and cache; :PieLspStats! prints all statistics.
 
 if vim.fn.has('nvim-0.12') == 0 or not vim.lsp.inline_completion then
   vim.notify('pie-lsp needs Neovim 0.12 or newer (vim.lsp.inline_completion)', vim.log.levels.WARN)
@@ -95,8 +95,51 @@ vim.api.nvim_create_autocmd({ 'LspAttach', 'BufEnter', 'WinEnter' }, {
   end,
 })
 
+-- Neovim 0.12 keeps drawing its last item while the user types on or moves away, and asks again
+-- only 200 ms after the last key; its own accept writes the item over the range it was asked
+-- for. A Tab right after a move would put the item on the line the cursor left, and one after
+-- keys that do not match it would glue it to them. So the item is applied only where it still
+-- holds: same line, the text typed since the request a prefix of it, and the rest of the line
+-- (which the item ends with) unchanged; otherwise Tab is a Tab.
+local function apply_at_cursor(item)
+  local bufnr, winid = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
+  local text, range = item.insert_text, item.range
+  local cursor = vim.api.nvim_win_get_cursor(winid)
+  local row, col = cursor[1] - 1, cursor[2]
+  local holds = type(text) == 'string'
+    and range ~= nil
+    and range.start.row == row
+    and range.end_.row == row
+    and col >= range.start.col
+  local rest_length = holds and range.end_.col - range.start.col or 0
+  if holds then
+    local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
+    local typed = line:sub(range.start.col + 1, col)
+    local rest = line:sub(col + 1, col + rest_length)
+    holds = #typed + rest_length <= #text
+      and text:sub(1, #typed) == typed
+      and not typed:find('\n', 1, true)
+      and #rest == rest_length
+      and text:sub(#text - rest_length + 1) == rest
+  end
+  if not holds then
+    vim.api.nvim_feedkeys(vim.keycode('<Tab>'), 'n', false)
+    return
+  end
+  local lines = vim.split(text, '\n', { plain = true })
+  vim.api.nvim_buf_set_text(bufnr, row, range.start.col, row, col + rest_length, lines)
+  vim.api.nvim_win_set_cursor(winid, {
+    row + #lines,
+    (#lines == 1 and range.start.col or 0) + #lines[#lines],
+  })
+  local client = item.command and vim.lsp.get_client_by_id(item.client_id)
+  if client then
+    client:exec_cmd(item.command, { bufnr = bufnr })
+  end
+end
+
 vim.keymap.set('i', '<Tab>', function()
-  if not vim.lsp.inline_completion.get() then
+  if not vim.lsp.inline_completion.get({ on_accept = apply_at_cursor }) then
     return '<Tab>'
   end
 end, { expr = true, desc = 'pie-lsp: accept the inline completion' })
@@ -107,17 +150,54 @@ vim.keymap.set('i', '<M-[>', function()
   vim.lsp.inline_completion.select({ count = -1 })
 end, { desc = 'pie-lsp: previous inline completion' })
 
-vim.api.nvim_create_user_command('PieLspStats', function()
+-- One screen of what a user asks about: is the model up, what did it offer in this buffer and
+-- why not more, what did the last edit cost. `:PieLspStats!` prints everything the server has.
+local function stats_summary(result, uri)
+  local out = { ('pie-lsp: model %s (%s), strategy %s'):format(
+    tostring(result.model), tostring(result.modelState), tostring(result.strategy)
+  ) }
+  local doc = (result.documents or {})[uri]
+  if not doc then
+    table.insert(out, 'this buffer: no cache yet (no completion asked for)')
+    return table.concat(out, '\n')
+  end
+  local function n(key)
+    return tonumber(doc[key]) or 0
+  end
+  table.insert(out, ('this buffer: %d completions, %d shown, %d accepted; %d hidden by the '
+    .. 'confidence gate; %d answered from text typed along'):format(
+    n('completions'), n('suggestions_offered'), n('suggestions_accepted'),
+    n('below_confidence_gate'), n('forward_typing_hits')
+  ))
+  local seconds = tonumber(doc.last_completion_seconds)
+  table.insert(out, ('cache: %d tokens (%d exact), %d regions, %.1f MiB; last completion %s'):format(
+    n('tokens_cached'), n('exact_tokens'), n('regions'), n('cache_bytes') / 2 ^ 20,
+    seconds and ('%.0f ms'):format(seconds * 1000) or '-'
+  ))
+  local edit = type(doc.last_edit) == 'table' and doc.last_edit or nil
+  if edit then
+    table.insert(out, ('last edit (%s): %d tokens encoded, %d moved, %d reused, %.0f ms'):format(
+      tostring(edit.strategy), tonumber(edit.tokens_encoded) or 0, tonumber(edit.tokens_moved) or 0,
+      tonumber(edit.tokens_reused) or 0, (tonumber(edit.seconds) or 0) * 1000
+    ))
+  end
+  return table.concat(out, '\n')
+end
+
+vim.api.nvim_create_user_command('PieLspStats', function(opts)
   local client = pie_client(0)
   if not client then
     vim.notify('pie-lsp is not attached to this buffer', vim.log.levels.WARN)
     return
   end
-  client:exec_cmd({ title = 'pie-lsp stats', command = 'pie-lsp.stats', arguments = { vim.uri_from_bufnr(0) } }, { bufnr = 0 }, function(err, result)
+  local uri = vim.uri_from_bufnr(0)
+  client:exec_cmd({ title = 'pie-lsp stats', command = 'pie-lsp.stats', arguments = { uri } }, { bufnr = 0 }, function(err, result)
     if err then
       vim.notify('pie-lsp.stats failed: ' .. err.message, vim.log.levels.ERROR)
-    else
+    elseif opts.bang then
       vim.print(result)
+    else
+      vim.api.nvim_echo({ { stats_summary(result, uri) } }, true, {})
     end
   end)
-end, { desc = 'Show pie-lsp cache statistics for this buffer' })
+end, { bang = true, desc = 'pie-lsp: this buffer\'s completions and cache (! for everything)' })

@@ -405,3 +405,74 @@ def test_only_python_attaches_by_default(nvim, tmp_path) -> None:
     nvim.command(f"edit {path}")
     time.sleep(1)  # give an attach the chance it must not take
     assert nvim.exec_lua("return #vim.lsp.get_clients({ bufnr = 0 })", []) == 0
+
+
+def ghost_at_new_line(nvim, tmp_path: Path, name: str) -> tuple[int, dict]:
+    """Open SOURCE, type `value = ` at the end of main() and wait for ghost text there;
+    returns the line (1-based) and the ghost."""
+    path = tmp_path / name
+    path.write_text(SOURCE)
+    open_and_wait(nvim, path)
+    wait_ready(nvim)
+    line = len(nvim.current.buffer)
+    nvim.current.window.cursor = (line, 4)
+    nvim.input("A")
+    nvim.input("value = ")
+    ghost = wait_until(lambda: nvim.exec_lua(GHOST_TEXT, []), 120, "ghost text")
+    assert ghost["row"] == line - 1
+    return line, ghost
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_tab_right_after_leaving_the_line_is_a_tab(nvim, tmp_path) -> None:
+    # Neovim keeps drawing the item for 200 ms after a move: Tab then must not write it into
+    # the line the cursor left.
+    line, _ = ghost_at_new_line(nvim, tmp_path, "moved.py")
+    above = nvim.current.buffer[line - 2]
+    nvim.input("<Up><Tab>")
+    wait_until(lambda: nvim.current.buffer[line - 2] != above, 30, "Tab on the line above")
+    assert nvim.current.buffer[line - 1] == "    value = "
+    # A Tab as the buffer's options make it (Python's ftplugin: spaces to the next stop).
+    tabbed = nvim.current.buffer[line - 2]
+    assert tabbed.startswith(above) and tabbed[len(above) :].isspace(), tabbed
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_tab_after_keys_that_do_not_match_is_a_tab(nvim, tmp_path) -> None:
+    line, ghost = ghost_at_new_line(nvim, tmp_path, "mismatch.py")
+    other = "Q" if not ghost["first"].startswith("Q") else "Z"
+    nvim.input(other + "<Tab>")
+    typed = f"    value = {other}"
+    tabbed = wait_until(
+        lambda: (text := nvim.current.buffer[line - 1]) != typed and text, 30, "a Tab"
+    )
+    assert tabbed.startswith(typed) and tabbed[len(typed) :].isspace(), tabbed
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_tab_after_typing_along_inserts_the_whole_item(nvim, tmp_path) -> None:
+    line, ghost = ghost_at_new_line(nvim, tmp_path, "along.py")
+    item = ghost["first"]
+    if len(item) < 2 or ghost["rest"]:
+        pytest.skip(f"the tiny model's item {item!r} is too short for typing along")
+    nvim.input(item[0] + "<Tab>")
+    wait_until(lambda: nvim.current.buffer[line - 1] != "    value = " + item[0], 30, "Tab")
+    assert nvim.current.buffer[line - 1] == "    value = " + item
+    assert nvim.current.window.cursor == (line, len(("    value = " + item).encode()))
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_stats_command_sums_up_the_buffer(nvim, tmp_path) -> None:
+    ghost_at_new_line(nvim, tmp_path, "stats.py")
+    nvim.input("<Esc>")
+    nvim.command("PieLspStats")
+    summary = wait_until(
+        lambda: (
+            "pie-lsp: model" in (text := nvim.exec_lua("return vim.fn.execute('messages')", []))
+            and text
+        ),
+        30,
+        "the summary",
+    )
+    assert "strategy pie" in summary and "(ready)" in summary, summary
+    assert "completions" in summary and "shown" in summary and "cache:" in summary, summary
