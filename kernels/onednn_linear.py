@@ -56,3 +56,60 @@ def onednn_linear_usable() -> bool:
     except (AttributeError, RuntimeError):
         return False
     return torch.allclose(out, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """F.linear whose forward and input/weight gradients are oneDNN products, for training."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        rows = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        out = onednn_linear(rows, weight, bias)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad.reshape(-1, weight.shape[0])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # dL/dx = g · W: a product by Wᵀ, whose [in, out] view oneDNN reads as stored.
+            grad_x = onednn_linear(grad_rows, weight.t(), None).view(*grad.shape[:-1], -1)
+        if ctx.needs_input_grad[1]:
+            # dL/dW = gᵀ · x.
+            grad_w = onednn_linear(grad_rows.t(), rows.t(), None)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def onednn_linear_trainable(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """F.linear for x [..., in] through oneDNN in the forward and backward passes; float32
+    CPU tensors (anything else goes through F.linear)."""
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+        return F.linear(x, weight, bias)
+    return _OneDNNLinear.apply(x, weight, bias)
+
+
+class OneDNNLinear(torch.nn.Linear):
+    """An nn.Linear whose products run through oneDNN (`route_linears_through_onednn`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn_linear_trainable(x, self.weight, self.bias)
+
+
+def route_linears_through_onednn(model: torch.nn.Module) -> int:
+    """Make every nn.Linear of `model` an `OneDNNLinear` in place (same parameters, state dict
+    and outputs); returns how many. Nothing changes where `onednn_linear_usable()` is False."""
+    if not onednn_linear_usable():
+        return 0
+    routed = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = OneDNNLinear
+            routed += 1
+    return routed

@@ -15,6 +15,10 @@ The finished model is exported to --output (the packaged default model folder) a
 
 Batches mix plain chunks of source with fill-in-the-middle samples cut where editors ask for
 completions, in both layouts the engine uses (`fim_samples.py`), at --seq-len tokens per row.
+
+The linear layers' products, forward and backward, run through oneDNN where torch has it
+(kernels/onednn_linear.py: about twice MKL's speed on this project's AMD CPU); --torch-products
+keeps torch's own.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from cache_engine.model.corpus import (
 )
 from cache_engine.model.fim_samples import FimLayout, fim_ids, split_for_fim
 from cache_engine.model.loading import DEFAULT_MODEL_DIR
+from kernels.onednn_linear import route_linears_through_onednn
 
 VOCAB_SIZE = 4096
 SEQ_LEN = 2048
@@ -234,6 +239,8 @@ def train(args: argparse.Namespace) -> None:
     eos_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     config = model_config(len(tokenizer), eos_id)
     model = LlamaForCausalLM(config)
+    if not args.torch_products:
+        print(f"{route_linears_through_onednn(model)} linear layers multiply through oneDNN")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=False
     )
@@ -389,6 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 master weights)")
+    parser.add_argument(
+        "--torch-products",
+        action="store_true",
+        help="multiply with torch's own kernels instead of oneDNN (kernels/onednn_linear.py)",
+    )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-rows", type=int, default=48)
     parser.add_argument("--checkpoint-every", type=int, default=50)

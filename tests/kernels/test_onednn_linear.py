@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.onednn_linear import onednn_linear, onednn_linear_usable
+from kernels.onednn_linear import (
+    onednn_linear,
+    onednn_linear_trainable,
+    onednn_linear_usable,
+    route_linears_through_onednn,
+)
 
 needs_onednn = pytest.mark.skipif(not onednn_linear_usable(), reason="torch without oneDNN")
 
@@ -63,3 +68,51 @@ def test_refuses_what_it_cannot_multiply() -> None:
         onednn_linear(torch.randn(3), weight, None)
     with pytest.raises(ValueError, match=r"weight \(4, 3\)"):
         onednn_linear(torch.randn(2, 5), weight, None)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+def test_gradients_match_the_torch_reference(bias: bool) -> None:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 24, generator=generator, requires_grad=True)
+    weight = torch.randn(40, 24, generator=generator, requires_grad=True)
+    b = torch.randn(40, generator=generator, requires_grad=True) if bias else None
+    upstream = torch.randn(2, 7, 40, generator=generator)
+    got = onednn_linear_trainable(x, weight, b)
+    got.backward(upstream)
+    grads = [t.grad.clone() for t in (x, weight, b) if t is not None]
+    for t in (x, weight, b):
+        if t is not None:
+            t.grad = None
+    expected = F.linear(x, weight, b)
+    expected.backward(upstream)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for mine, reference in zip(grads, [t.grad for t in (x, weight, b) if t is not None]):
+        torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-5)
+
+
+@needs_onednn
+def test_a_routed_model_trains_as_the_original() -> None:
+    from tests.model_factory import tiny_model
+
+    # Tied, as the default model is: lm_head shares the embedding.
+    original = tiny_model("llama", seed=5, tie_word_embeddings=True)
+    routed = tiny_model("llama", seed=5, tie_word_embeddings=True)
+    assert route_linears_through_onednn(routed) == 2 * 7 + 1  # 7 per layer and lm_head
+    assert all(type(m) is not torch.nn.Linear for m in routed.modules())
+    assert routed.state_dict().keys() == original.state_dict().keys()
+    ids = torch.randint(0, 160, (2, 33), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for model in (original, routed):
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            logits = model(input_ids=ids[:, :-1]).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for (name, a), b in zip(original.state_dict().items(), routed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
