@@ -92,9 +92,15 @@ def main() -> None:
         return
     runs = {}
     for policy in POLICIES:
-        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
+        }
         if policy == "PASSIVE":
+            # What the server sets for a model this size (cache_engine/model/cpu_threading.py).
             env["OMP_WAIT_POLICY"] = "PASSIVE"
+            env["OPENBLAS_THREAD_TIMEOUT"] = "4"
         command = [sys.executable, "-m", "benchmarks.bench_decode_peer", "--child"]
         command += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
         child = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
