@@ -9,7 +9,7 @@ A verify pass is not free: each drafted token is a row of every product and a qu
 whole context. With the default model on 2 CPU threads at a 2k context, one token's pass takes
 1.95 ms and each drafted token adds about 0.38 ms, so eight drafted tokens of which one or two
 are kept (the usual case away from repeated lines) cost more than they save
-(`benchmarks/bench_speculation.py`: a fixed draft of 8 ran at 0.95x plain decoding). The draft
+(`benchmarks/bench_speculation.py`: a fixed draft of 8 ran at 0.96-1.01x plain decoding). The draft
 length therefore follows the acceptance, as transformers' assisted generation does: it grows by
 two after a draft kept whole and shrinks by one after a rejection, between 1 and
 `draft_tokens`.
