@@ -5,7 +5,8 @@ against the floor set by reading the weights and the K/V once per token from HBM
     python -m benchmarks.bench_decode_graph --dtype bfloat16
 
 Each method decodes --new-tokens tokens after the same --context random ids, taking turns within
-each repeat; all three must give the same tokens (fp32) or the run fails. The floor is (weight
+each repeat; the JSON lists any method whose tokens differ from the plain loop's (in fp32 none
+should). The floor is (weight
 bytes + K/V bytes read per step) over the device's read bandwidth, measured in the same run by
 summing a 1 GiB tensor. Results go to benchmarks/results/decode_graph.json. Not run on this
 project's machines (no GPU); `scripts/gpu-check` runs it where there is one.
@@ -67,11 +68,8 @@ def run_model(name: str, model, args, bandwidth: float) -> dict:
         "plain": plain_decoder(model, ids, args.new_tokens),
     }
     tokens = {method: decode() for method, decode in decoders.items()}  # also the warm-up
-    if (
-        next(model.parameters()).dtype == torch.float32
-        and len(set(map(tuple, tokens.values()))) > 1
-    ):
-        raise SystemExit(f"{name}: the methods decoded different tokens: {tokens}")
+    # Recorded, not fatal: a GPU run is scarce, and its timings still say something.
+    differing = [m for m, out in tokens.items() if out != tokens["plain"]]
     samples: dict[str, list[float]] = {method: [] for method in decoders}
     for repeat in range(args.repeats):
         order = list(decoders)
@@ -105,6 +103,9 @@ def run_model(name: str, model, args, bandwidth: float) -> dict:
         "samples_ms_per_token": samples,
         "over_floor": {method: value / floor_ms for method, value in ms.items()},
         "graphs_over_eager": ms["lean-graphs"] / ms["lean"],
+        "methods_decoding_other_tokens_than_plain": differing,
+        # The graphed step attends over its whole slab (masked), not only the cached tokens.
+        "graph_kv_bytes_per_step": kv_bytes * (args.context + args.new_tokens + 16) // args.context,
         "lean_graphs_over_plain": ms["lean-graphs"] / ms["plain"],
     }
 

@@ -1,5 +1,5 @@
-"""Time the PIE move+rotate (the torch reference, the layer-at-a-time pass that CPU caches use,
-Triton on CUDA) against a plain move of the same bytes.
+"""Time the PIE move+rotate (the torch reference, the pass by groups of layers that CPU caches
+use, Triton on CUDA) against a plain move of the same bytes.
 
 Cache shaped like Qwen2.5-Coder-0.5B (24 layers, 2 KV heads, head_dim 64, rope theta 1e6).
 Each timed call moves a suffix of N tokens by +delta (an insertion) or back by -delta (a

@@ -2,7 +2,7 @@
 
 Cache layout: keys and values are each [num_layers, num_kv_heads, capacity, head_dim].
 `shift_rotate_suffix` picks the fused Triton kernel on CUDA when triton is installed and the
-layer-at-a-time torch pass (shift_rotate_cpu.py) everywhere else; the torch reference
+torch pass that moves a few layers at a time (shift_rotate_cpu.py) everywhere else; the torch reference
 (shift_rotate_reference.py) is what both are tested against. `blas_linear` (kernels/blas_linear.py) is x·Wᵀ through numpy's
 BLAS, against `torch.nn.functional.linear`.
 """

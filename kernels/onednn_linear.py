@@ -1,19 +1,23 @@
 """Products x·Wᵀ (+ b) of several rows through oneDNN, for prefill, edits and verify passes on CPU.
 
-torch's CPU build sends float32 `F.linear` to MKL, whose sgemm on this project's AMD EPYC (AVX2,
-2 threads) runs at about half the speed of oneDNN's, which torch also ships and which picks its
-kernels by instruction set rather than by vendor. Measured on the 0.5B shape's matrices (8
-layers, 2 threads, weights as loaded, ms): 13 rows, an edit's pass, oneDNN 21.6 against
-OpenBLAS 46.3; 64 rows 11.6 against MKL 25.6; a 2,048-row prefill chunk (2 layers) 317 against
-634. For one row, a decode step's matrix-vector product, numpy's OpenBLAS reads the weights
-fastest (kernels/blas_linear.py) and oneDNN is no better than MKL. oneDNN runs on torch's own
-OpenMP workers, so it needs no wait policy of its own.
+torch's CPU build sends float32 `F.linear` to MKL, whose sgemm on this project's AMD EPYC runs at
+about half the speed of oneDNN's, which torch also ships and which picks its kernels by
+instruction set rather than by vendor. `python -m benchmarks.bench_products` under the server's
+environment for a streamed model (`OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=4`,
+benchmarks/results/products_passive.json; 4 layers of the 0.5B shape, 2 threads, ms): 13 rows,
+an edit's pass, oneDNN 19.3, OpenBLAS 24.6, MKL 46.9; 512 rows 167, 265, 358; 2,048 rows 660,
+1,066, 1,262. For one row, a decode step's matrix-vector product, numpy's OpenBLAS reads the
+weights fastest (5.3 ms against oneDNN's 9.6 and MKL's 13.0; kernels/blas_linear.py). oneDNN
+runs on torch's own OpenMP workers, so it needs no wait policy of its own.
 
 The entry point is torch's `mkldnn::_linear_pointwise`, the fused linear that torch's compiler
-emits for CPU, called on the plain (dense) weight: nothing is repacked or copied. It is an
-internal operator, so `onednn_linear_usable` checks once that it exists and agrees with
-`torch.nn.functional.linear`, the reference (tests/kernels/test_onednn_linear.py compares the
-two), and callers fall back to `F.linear` where it does not.
+emits for CPU, called on the plain (dense) weight, which is not repacked (a non-contiguous x is
+copied first). It is an internal operator, so `onednn_linear_usable` checks once that it exists
+and agrees with `torch.nn.functional.linear`, the reference (tests/kernels/test_onednn_linear.py
+compares the two), and callers fall back to `F.linear` where it does not.
+
+Training goes through it too (`route_linears_through_onednn`): forward and both gradients are
+oneDNN products, except under autocast, which the products would bypass.
 """
 
 from __future__ import annotations
@@ -89,8 +93,13 @@ def onednn_linear_trainable(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """F.linear for x [..., in] through oneDNN in the forward and backward passes; float32
-    CPU tensors (anything else goes through F.linear)."""
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+    CPU tensors outside autocast (anything else goes through F.linear, which autocast casts)."""
+    if (
+        x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or x.device.type != "cpu"
+        or torch.is_autocast_enabled("cpu")
+    ):
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias)
 

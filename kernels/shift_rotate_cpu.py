@@ -4,11 +4,12 @@ The reference (shift_rotate_reference.py) moves the whole suffix of every layer 
 fp32 copy of all moved keys, a temporary per product, then strided writes, each a pass over
 tens of megabytes (a 0.5B model's 2k-token suffix is 25 MB of keys). Here a group of layers
 (about 2 MiB of keys) goes at a time, so the copy that makes overlapping moves safe stays in
-cache, and the rotation is written straight into the destination (`out=` and `addcmul_`), with no other temporaries. A
-0.5B-shaped cache (24 layers, 2 K/V heads, head_dim 64), 2 threads, 2,048 slots moved by 16:
-fp32 3.5 ms a move, what copying the bytes costs, against 9.1 ms for the reference; bf16 2.8
-against 8.8 (`python benchmarks/bench_kernels.py --dtype fp32 --threads 2`,
-benchmarks/results/kernels_fp32.json and kernels.json).
+cache, and the rotation is written straight into the destination (`out=` and `addcmul_`; fp16
+and bf16 caches round once from an fp32 buffer of the group). A 0.5B-shaped cache (24 layers, 2
+K/V heads, head_dim 64), 2 threads, 2,048 slots moved by 16: fp32 3.5 ms a move, what copying
+the bytes costs, against 9.1 ms for the reference; bf16 2.8 against 8.8, twice its copy (`python
+benchmarks/bench_kernels.py --threads 2 [--dtype fp32]`, benchmarks/results/kernels.json and
+kernels_fp32.json). It is also what CUDA caches use when Triton is not installed.
 
 The rotation's factors are the reference's (`rotation_table`); products are summed in a
 different order (x·cos then + y·sin in place), so keys agree with the reference to an fp32

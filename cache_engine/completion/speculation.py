@@ -6,10 +6,9 @@ cache verifies the whole draft in one forward pass (`EditableCache.generate`), k
 agreed prefix. The output equals plain greedy decoding; only the number of passes changes.
 
 A verify pass is not free: each drafted token is a row of every product and a query over the
-whole context. With the default model on 2 CPU threads at a 2k context, one token's pass takes
-1.95 ms and each drafted token adds about 0.38 ms, so eight drafted tokens of which one or two
-are kept (the usual case away from repeated lines) cost more than they save
-(`benchmarks/bench_speculation.py`: a fixed draft of 8 ran at 0.96-1.01x plain decoding). The draft
+whole context, so eight drafted tokens of which one or two are kept (the usual case away from
+repeated lines) cost about what they save (`benchmarks/bench_speculation.py`, default model, 2
+CPU threads: a fixed draft of 8 kept 14 % and ran at 0.96-1.01x plain decoding). The draft
 length therefore follows the acceptance, as transformers' assisted generation does: it grows by
 two after a draft kept whole and shrinks by one after a rejection, between 1 and
 `draft_tokens`.
@@ -42,7 +41,6 @@ class PromptLookup:
     _follows: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False)
     _indexed: int = 0
     _length: int | None = field(default=None, repr=False)
-    _last_draft: int = field(default=0, repr=False)
 
     @property
     def draft_length(self) -> int:
@@ -54,7 +52,6 @@ class PromptLookup:
         return self._length
 
     def __call__(self, ids: Sequence[int]) -> list[int]:
-        self._last_draft = 0
         length = self.draft_length
         if length <= 0:
             return []
@@ -69,17 +66,17 @@ class PromptLookup:
             if start is not None and start < len(ids):
                 follow = list(ids[start : start + length])
                 self.drafted += len(follow)
-                self._last_draft = len(follow)
                 return follow
         return []
 
-    def record(self, accepted: int) -> None:
-        """`accepted` of the last draft's tokens were kept."""
+    def record(self, accepted: int, verified: int) -> None:
+        """`accepted` of the `verified` tokens of the last draft that the pass checked were
+        kept."""
         self.accepted += accepted
         if not self.adaptive:
             return
         length = self.draft_length
-        if self._last_draft and accepted >= self._last_draft:
+        if verified and accepted >= verified:
             self._length = min(self.draft_tokens, length + 2)
         else:
             self._length = max(1, length - 1)

@@ -10,9 +10,11 @@ instead of slicing them off. Its arithmetic is `LlamaStep`'s own (`attention_inp
 `after_attention`, `logits`), so the two agree to rounding; tests/kv/test_decode_graph.py
 compares them on CPU, where the static step runs eagerly.
 
-A graph is bound to the slab it was recorded on: `CudaGraphDecode` records again when the
-cache has grown into a new slab (growth doubles, so that is rare). Untested on a GPU here: the
-project's machines have none; the CUDA test skips without one.
+A graph is bound to the slab it was recorded on: the cache drops it when it grows into a new
+slab (growth doubles, so that is rare) and `CudaGraphDecode` records again on the next step. It
+is bound to the weights' memory too: a graph replays the addresses it recorded, so the model's
+parameters must not be re-laid (`store_weights_transposed`, `.to()`) while a cache holds one.
+Untested on a GPU here: the project's machines have none; the CUDA test skips without one.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ class CudaGraphDecode:
         self, ids: torch.Tensor, slot: int, keys: torch.Tensor, values: torch.Tensor
     ) -> torch.Tensor:
         if ids.shape != (1,):
-            raise ValueError(f"a graphed decode step takes one token id, got {ids.shape[0]}")
+            raise ValueError(
+                f"a graphed decode step takes ids of shape (1,), got {tuple(ids.shape)}"
+            )
         if not 0 <= slot < keys.shape[2]:
             raise ValueError(f"slot {slot} does not fit a slab of {keys.shape[2]} slots")
         static = self._static
@@ -121,7 +125,8 @@ class CudaGraphDecode:
                 static.run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # Other server threads may use the GPU meanwhile (a refresh, another document).
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static.run()
         self._static, self._graph = static, graph
         self.captures += 1

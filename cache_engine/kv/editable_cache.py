@@ -43,7 +43,9 @@ class Drafter(Protocol):
 
     def __call__(self, ids: Sequence[int]) -> list[int]: ...
 
-    def record(self, accepted: int) -> None: ...
+    def record(self, accepted: int, verified: int) -> None:
+        """`accepted` of the `verified` drafted tokens the pass checked were kept (`verified`
+        may be fewer than were drafted: the pass never goes past the generation's limit)."""
 
 
 class TokenConstraint(Protocol):
@@ -204,10 +206,12 @@ class EditableCache:
         self._decode_graph: CudaGraphDecode | None = None
         if cuda_graphs:
             if self._lean_step is None:
-                raise ValueError(
-                    f"CUDA graphs replay the lean step, and model type "
-                    f"{model.config.model_type!r} runs on the transformers forward"
+                why = (
+                    "forward='hf' was asked for"
+                    if forward == "hf"
+                    else f"model type {model.config.model_type!r} runs on the transformers forward"
                 )
+                raise ValueError(f"CUDA graphs replay the lean step, and {why}")
             self._decode_graph = CudaGraphDecode(self._lean_step)
         self._inv_freq = self.spec.inv_freq.to(self.device)
         self._ids: list[int] = []
@@ -602,7 +606,7 @@ class EditableCache:
             while accepted < len(proposal) and predicted[accepted] == proposal[accepted]:
                 accepted += 1
             if draft is not None and proposal:
-                draft.record(accepted)
+                draft.record(accepted, len(proposal))
             for index in range(accepted):
                 # Their keys and values are already in place; the rejected ones are
                 # overwritten by the next pass.
@@ -724,6 +728,9 @@ class EditableCache:
         if self.max_capacity is not None:
             capacity = min(capacity, self.max_capacity)
         self._slab.grow(capacity, keep=keep)
+        if self._decode_graph is not None:
+            # It holds the old slab; the next one-token step records on the new one.
+            self._decode_graph.release()
         positions = torch.zeros(capacity, dtype=torch.long)
         positions[:keep] = self._positions[:keep]
         self._positions = positions

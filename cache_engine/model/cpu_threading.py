@@ -42,9 +42,9 @@ def weight_bytes_on_disk(name_or_path: str) -> int | None:
 
 
 def choose_openmp_wait_policy(name_or_path: str, device: str) -> str | None:
-    """Set OMP_WAIT_POLICY=PASSIVE (and OPENBLAS_THREAD_TIMEOUT=4, unless set) for a CPU model
-    whose weights stream from memory, unless the environment already sets a policy; returns the
-    policy set, or None when none was."""
+    """Set OMP_WAIT_POLICY=PASSIVE, and OpenBLAS's OPENBLAS_THREAD_TIMEOUT=4 unless set, for a
+    CPU model whose weights stream from memory; a user's own OMP_WAIT_POLICY leaves both alone.
+    Returns the OpenMP policy set, or None when none was."""
     if "OMP_WAIT_POLICY" in os.environ or not device.startswith("cpu"):
         return None
     size = weight_bytes_on_disk(name_or_path)

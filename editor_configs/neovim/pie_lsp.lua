@@ -100,7 +100,8 @@ vim.api.nvim_create_autocmd({ 'LspAttach', 'BufEnter', 'WinEnter' }, {
 -- for. A Tab right after a move would put the item on the line the cursor left, and one after
 -- keys that do not match it would glue it to them. So the item is applied only where it still
 -- holds: same line, the text typed since the request a prefix of it, and the rest of the line
--- (which the item ends with) unchanged; otherwise Tab is a Tab.
+-- (which the item ends with) unchanged; otherwise Tab is a Tab. pie-lsp's items start at the
+-- request's cursor and end at its line's end (lsp_server/server.py), which this relies on.
 local function apply_at_cursor(item)
   local bufnr, winid = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
   local text, range = item.insert_text, item.range
@@ -118,12 +119,13 @@ local function apply_at_cursor(item)
     local rest = line:sub(col + 1, col + rest_length)
     holds = #typed + rest_length <= #text
       and text:sub(1, #typed) == typed
-      and not typed:find('\n', 1, true)
       and #rest == rest_length
       and text:sub(#text - rest_length + 1) == rest
   end
   if not holds then
-    vim.api.nvim_feedkeys(vim.keycode('<Tab>'), 'n', false)
+    if vim.api.nvim_get_mode().mode:sub(1, 1) == 'i' then
+      vim.api.nvim_feedkeys(vim.keycode('<Tab>'), 'n', false)
+    end
     return
   end
   local lines = vim.split(text, '\n', { plain = true })

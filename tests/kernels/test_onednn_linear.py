@@ -116,3 +116,13 @@ def test_a_routed_model_trains_as_the_original() -> None:
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     for (name, a), b in zip(original.state_dict().items(), routed.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@needs_onednn
+def test_autocast_still_casts_a_routed_layer() -> None:
+    layer = torch.nn.Linear(24, 40)
+    route_linears_through_onednn(layer)
+    x = torch.randn(3, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    assert layer(x).dtype == torch.float32

@@ -82,6 +82,8 @@ def test_cuda_graphs_name_the_device_they_need() -> None:
         EditableCache(model, cuda_graphs=True)
     with pytest.raises(ValueError, match="'phi' runs on the transformers forward"):
         EditableCache(tiny_model("phi"), cuda_graphs=True)
+    with pytest.raises(ValueError, match="forward='hf' was asked for"):
+        EditableCache(model, forward="hf", cuda_graphs=True)
 
 
 @needs_cuda

@@ -28,7 +28,8 @@ class Scripted:
         done = len(ids) - self.prompt_length
         return self.continuation[done : done + 5]
 
-    def record(self, accepted: int) -> None:
+    def record(self, accepted: int, verified: int) -> None:
+        assert 0 <= accepted <= verified
         self.accepted += accepted
 
 
@@ -103,22 +104,23 @@ def test_the_draft_length_follows_the_acceptance() -> None:
     ids = list(range(40)) + list(range(10))  # after 0..9 again, 10.. followed
     lookup = PromptLookup(draft_tokens=5)
     assert lookup(ids) == [10, 11]  # the first draft is first_draft long
-    lookup.record(2)  # kept whole: two more
+    lookup.record(2, 2)  # kept whole: two more
     assert lookup(ids) == [10, 11, 12, 13]
-    lookup.record(4)
+    lookup.record(4, 4)
     assert lookup(ids) == [10, 11, 12, 13, 14]  # never past draft_tokens
-    lookup.record(1)  # a rejection: one fewer
+    lookup.record(1, 5)  # a rejection: one fewer
     assert lookup.draft_length == 4
+    lookup(ids)
+    lookup.record(3, 3)  # the pass checked only 3 (the generation's limit): kept whole
+    assert lookup.draft_length == 5
     for _ in range(6):
-        lookup(ids)
-        lookup.record(0)
+        lookup.record(0, len(lookup(ids)))
     assert lookup.draft_length == 1  # never below one
     assert lookup([7, 8, 9]) == []
-    lookup.record(0)  # nothing was drafted: no credit for keeping it whole
     assert lookup.draft_length == 1
-    assert (lookup.drafted, lookup.accepted) == (2 + 4 + 5 + 4 + 3 + 2 + 1 + 1 + 1, 7)
+    assert (lookup.drafted, lookup.accepted) == (2 + 4 + 5 + 4 + 5 + 4 + 3 + 2 + 1 + 1, 10)
     assert PromptLookup(draft_tokens=1).draft_length == 1
     fixed = PromptLookup(draft_tokens=5, adaptive=False)
     assert fixed(ids) == [10, 11, 12, 13, 14]
-    fixed.record(0)
+    fixed.record(0, 5)
     assert fixed(ids) == [10, 11, 12, 13, 14]
