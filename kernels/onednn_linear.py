@@ -1,13 +1,13 @@
 """Products x·Wᵀ (+ b) of several rows through oneDNN, for prefill, edits and verify passes on CPU.
 
 torch's CPU build sends float32 `F.linear` to MKL, whose sgemm on this project's AMD EPYC runs at
-about half the speed of oneDNN's, which torch also ships and which picks its kernels by
+about half the speed of oneDNN's for most row counts, which torch also ships and which picks its kernels by
 instruction set rather than by vendor. `python -m benchmarks.bench_products` under the server's
 environment for a streamed model (`OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=4`,
 benchmarks/results/products_passive.json; 4 layers of the 0.5B shape, 2 threads, ms): 13 rows,
-an edit's pass, oneDNN 19.3, OpenBLAS 24.6, MKL 46.9; 512 rows 167, 265, 358; 2,048 rows 660,
-1,066, 1,262. For one row, a decode step's matrix-vector product, numpy's OpenBLAS reads the
-weights fastest (5.3 ms against oneDNN's 9.6 and MKL's 13.0; kernels/blas_linear.py). oneDNN
+an edit's pass, oneDNN 11.4, OpenBLAS 23.8, MKL 24.5; 512 rows 154, 249, 290; 2,048 rows 604,
+1,032, 1,203. For one row, a decode step's matrix-vector product, numpy's OpenBLAS reads the
+weights fastest (6.7 ms against oneDNN's 7.5 and MKL's 13.2; kernels/blas_linear.py). oneDNN
 runs on torch's own OpenMP workers, so it needs no wait policy of its own.
 
 The entry point is torch's `mkldnn::_linear_pointwise`, the fused linear that torch's compiler
