@@ -33,22 +33,29 @@ def blas_products_usable() -> bool:
     return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 
+def check_cpu_float32_product(
+    op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> None:
+    """Raise ValueError, naming `op` and the bad tensor, unless x [n, in], weight [out, in] and
+    bias [out] (or None) are float32 CPU tensors that multiply."""
+    for name, tensor in (("x", x), ("weight", weight), ("bias", bias)):
+        if tensor is not None and (tensor.device.type != "cpu" or tensor.dtype != torch.float32):
+            raise ValueError(
+                f"{op} multiplies float32 CPU tensors; {name} is {tensor.dtype} on {tensor.device}"
+            )
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{op} takes x [n, in] and weight [out, in]; got x {tuple(x.shape)} and "
+            f"weight {tuple(weight.shape)}"
+        )
+
+
 def blas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [n, in] · weight [out, in]ᵀ + bias [out] → [n, out], float32 CPU tensors.
 
     `weight` may be stored in either order (a transposed layout is a Fortran-ordered array to
     numpy). Raises ValueError, naming the bad tensor, for anything else."""
-    for name, tensor in (("x", x), ("weight", weight), ("bias", bias)):
-        if tensor is not None and (tensor.device.type != "cpu" or tensor.dtype != torch.float32):
-            raise ValueError(
-                f"blas_linear multiplies float32 CPU tensors; {name} is {tensor.dtype} on "
-                f"{tensor.device}"
-            )
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"blas_linear takes x [n, in] and weight [out, in]; got x {tuple(x.shape)} and "
-            f"weight {tuple(weight.shape)}"
-        )
+    check_cpu_float32_product("blas_linear", x, weight, bias)
     matrix = weight.detach().numpy()
     if x.shape[0] == 1:
         # A matrix-vector product: numpy hands it to sgemv, the streaming kernel.

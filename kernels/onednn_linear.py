@@ -27,21 +27,13 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from kernels.blas_linear import check_cpu_float32_product
+
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [n, in] · weight [out, in]ᵀ + bias [out] → [n, out], float32 CPU tensors; weight may be
     stored in either order. Raises ValueError, naming the bad tensor, for anything else."""
-    for name, tensor in (("x", x), ("weight", weight), ("bias", bias)):
-        if tensor is not None and (tensor.device.type != "cpu" or tensor.dtype != torch.float32):
-            raise ValueError(
-                f"onednn_linear multiplies float32 CPU tensors; {name} is {tensor.dtype} on "
-                f"{tensor.device}"
-            )
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"onednn_linear takes x [n, in] and weight [out, in]; got x {tuple(x.shape)} and "
-            f"weight {tuple(weight.shape)}"
-        )
+    check_cpu_float32_product("onednn_linear", x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from kernels.shift_rotate_checks import check_shift_rotate_args
-from kernels.shift_rotate_reference import rotation_table
+from kernels.shift_rotate_reference import rotary_pairs, rotation_table
 
 # Layers are moved in groups whose fp32 keys take about this much: the two cores' L2 caches
 # (1 MiB each here) hold a group's copy, and a short suffix is not split into many small ops.
@@ -52,11 +52,7 @@ def shift_rotate_suffix_cpu(
     if delta == 0 or start == end:
         return
     cos, sin = (factor.to(keys.device) for factor in rotation_table(inv_freq, delta))
-    half = rot // 2
-    if interleaved:
-        first, second = slice(0, rot, 2), slice(1, rot, 2)
-    else:
-        first, second = slice(0, half), slice(half, rot)
+    first, second = rotary_pairs(rot, interleaved)
     in_place = keys.dtype == torch.float32
     layer_bytes = keys.shape[1] * (end - start) * keys.shape[3] * 4
     step = max(1, CHUNK_BYTES // layer_bytes)

@@ -21,6 +21,15 @@ def rotation_table(inv_freq: torch.Tensor, delta: int) -> tuple[torch.Tensor, to
     return torch.cos(angle).to(torch.float32), torch.sin(angle).to(torch.float32)
 
 
+def rotary_pairs(rotary_dim: int, interleaved: bool) -> tuple[slice, slice]:
+    """The two halves of each rotated pair along head_dim: GPT-J pairs (2i, 2i+1) when
+    interleaved, rotate_half pairs (i, i + rotary_dim/2) otherwise."""
+    if interleaved:
+        return slice(0, rotary_dim, 2), slice(1, rotary_dim, 2)
+    half = rotary_dim // 2
+    return slice(0, half), slice(half, rotary_dim)
+
+
 def write_rotated_keys(
     dest: torch.Tensor,
     source: torch.Tensor,
@@ -34,11 +43,7 @@ def write_rotated_keys(
     Writing each half straight into its destination slice avoids cat/stack temporaries, which
     dominate the cost on CPU. `source` must not alias `dest`.
     """
-    half = rotary_dim // 2
-    if interleaved:
-        first, second = slice(0, rotary_dim, 2), slice(1, rotary_dim, 2)
-    else:
-        first, second = slice(0, half), slice(half, rotary_dim)
+    first, second = rotary_pairs(rotary_dim, interleaved)
     x1, x2 = source[..., first], source[..., second]
     dest[..., first] = x1 * cos - x2 * sin
     dest[..., second] = x2 * cos + x1 * sin
