@@ -216,6 +216,14 @@ class Workbench:
 
         return wait_until(settled, timeout, "ghost text")
 
+    def accept(self) -> None:
+        """Tab, then wait for the cursor to move past the inserted text. The next suggestion
+        may follow at once and may even read the same as this one (code repeats), so a change
+        of ghost text does not say the first was taken."""
+        before = self.cursor()
+        self.page.keyboard.press("Tab")
+        wait_until(lambda: self.cursor() != before, GUARD, "the ghost text to be accepted")
+
     def error_toasts(self) -> list[str]:
         return self.page.locator(".notifications-toasts .notification-toast").all_inner_texts()
 
