@@ -7,10 +7,14 @@
     python -m cache_engine.model.training --export-only              # newest checkpoint → --output
     python -m cache_engine.model.training --init-from DIR --continue-run
                                                      # go on with a committed, unfinished run
+    python -m cache_engine.model.training --export-only --average-last 2
+                                        # export the mean of the newest two weight snapshots
 
 Everything is seeded, and batch k depends only on the seed and k, so a resumed run sees the
 batches it would have seen. Checkpoints (model, optimizer, step, RNG, log) go to
 --checkpoint-dir every --checkpoint-every steps, and a run picks up from the newest one there.
+The weights alone are also kept every --snapshot-every steps, for --average-last
+(`weight_averaging.py`).
 The finished model is exported to --output (the packaged default model folder) as safetensors.
 
 Batches mix plain chunks of source with fill-in-the-middle samples cut where editors ask for
@@ -48,6 +52,7 @@ from cache_engine.model.corpus import (
 )
 from cache_engine.model.fim_samples import FimLayout, fim_ids, split_for_fim
 from cache_engine.model.loading import DEFAULT_MODEL_DIR
+from cache_engine.model.weight_averaging import latest_snapshots, load_average, save_snapshot
 from kernels.onednn_linear import route_linears_through_onednn
 
 VOCAB_SIZE = 4096
@@ -270,6 +275,9 @@ def train(args: argparse.Namespace) -> None:
     if args.export_only:
         export(model, tokenizer, log, args, step=step, train_minutes=None)
         return
+    # Fail before hours of training, not at the export after them.
+    if args.average_last > 1 and args.snapshot_every <= 0:
+        raise SystemExit("--average-last needs snapshots: give --snapshot-every a positive value")
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"{len(train_files)} train files ({sum(len(f.text) for f in train_files) / 1e6:.1f} MB), "
@@ -326,6 +334,8 @@ def train(args: argparse.Namespace) -> None:
             for old in checkpoint_dir.glob("step-*.pt"):
                 if old != path:
                     old.unlink()
+        if args.snapshot_every > 0 and step % args.snapshot_every == 0:
+            save_snapshot(model, checkpoint_dir, step)
     progress.close()
     export(model, tokenizer, log, args, step=step, train_minutes=(time.monotonic() - started) / 60)
 
@@ -340,6 +350,12 @@ def export(
     train_minutes: float | None,
 ) -> None:
     output: Path = args.output
+    averaged_steps = None
+    if args.average_last > 1:
+        chosen = latest_snapshots(args.checkpoint_dir, args.average_last)
+        load_average(model, [path for _, path in chosen])
+        averaged_steps = [snapshot_step for snapshot_step, _ in chosen]
+        print(f"exporting the mean of the snapshots at steps {averaged_steps}")
     output.mkdir(parents=True, exist_ok=True)
     # The engine's fimLayout "auto" picks spm for models that declare it.
     model.config.fim_layouts = FIM_LAYOUTS
@@ -357,6 +373,8 @@ def export(
         "fim_layouts": FIM_LAYOUTS,
         "previous_stage": previous,
         "steps": step,
+        # The exported weights are the mean of these steps' snapshots (None: step's own).
+        "averaged_snapshot_steps": averaged_steps,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "init_from": str(args.init_from) if args.init_from else None,
@@ -405,6 +423,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-rows", type=int, default=48)
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints/default_model"))
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=250,
+        help="keep the weights alone every this many steps (0: never), for --average-last",
+    )
+    parser.add_argument(
+        "--average-last",
+        type=int,
+        default=1,
+        help="export the mean of the newest this many snapshots instead of the current weights",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR)
     train(parser.parse_args(argv))
 
