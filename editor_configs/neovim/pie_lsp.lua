@@ -98,47 +98,89 @@ vim.api.nvim_create_autocmd({ 'LspAttach', 'BufEnter', 'WinEnter' }, {
 -- Neovim 0.12 keeps drawing its last item while the user types on or moves away, and asks again
 -- only 200 ms after the last key; its own accept writes the item over the range it was asked
 -- for. A Tab right after a move would put the item on the line the cursor left, and one after
--- keys that do not match it would glue it to them. So the item is applied only where it still
--- holds: same line, the text typed since the request a prefix of it, and the rest of the line
--- (which the item ends with) unchanged; otherwise Tab is a Tab. pie-lsp's items start at the
--- request's cursor and end at its line's end (lsp_server/server.py), which this relies on.
-local function apply_at_cursor(item)
+-- keys that do not match it would glue it to them. So an item is shown and applied only where it
+-- still holds: same line, the text typed since the request a prefix of it, and the rest of the
+-- line (which the item ends with) unchanged; otherwise it is hidden and Tab is a Tab. pie-lsp's
+-- items start at the request's cursor and end at its line's end (lsp_server/server.py), which
+-- this relies on.
+local function holds_at_cursor(item)
   local bufnr, winid = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
   local text, range = item.insert_text, item.range
   local cursor = vim.api.nvim_win_get_cursor(winid)
   local row, col = cursor[1] - 1, cursor[2]
-  local holds = type(text) == 'string'
-    and range ~= nil
-    and range.start.row == row
-    and range.end_.row == row
-    and col >= range.start.col
-  local rest_length = holds and range.end_.col - range.start.col or 0
-  if holds then
-    local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
-    local typed = line:sub(range.start.col + 1, col)
-    local rest = line:sub(col + 1, col + rest_length)
-    holds = #typed + rest_length <= #text
-      and text:sub(1, #typed) == typed
-      and #rest == rest_length
-      and text:sub(#text - rest_length + 1) == rest
+  if type(text) ~= 'string' or range == nil or range.start.row ~= row
+    or range.end_.row ~= row or col < range.start.col then
+    return false
   end
+  local rest_length = range.end_.col - range.start.col
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
+  local typed = line:sub(range.start.col + 1, col)
+  local rest = line:sub(col + 1, col + rest_length)
+  return #typed + rest_length <= #text
+    and text:sub(1, #typed) == typed
+    and #rest == rest_length
+    and text:sub(#text - rest_length + 1) == rest,
+    rest_length
+end
+
+local function apply_at_cursor(item)
+  local holds, rest_length = holds_at_cursor(item)
   if not holds then
     if vim.api.nvim_get_mode().mode:sub(1, 1) == 'i' then
       vim.api.nvim_feedkeys(vim.keycode('<Tab>'), 'n', false)
     end
     return
   end
-  local lines = vim.split(text, '\n', { plain = true })
-  vim.api.nvim_buf_set_text(bufnr, row, range.start.col, row, col + rest_length, lines)
+  local bufnr, winid = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
+  local row, col = unpack(vim.api.nvim_win_get_cursor(winid))
+  row = row - 1
+  local start = item.range.start.col
+  local lines = vim.split(item.insert_text, '\n', { plain = true })
+  vim.api.nvim_buf_set_text(bufnr, row, start, row, col + rest_length, lines)
   vim.api.nvim_win_set_cursor(winid, {
     row + #lines,
-    (#lines == 1 and range.start.col or 0) + #lines[#lines],
+    (#lines == 1 and start or 0) + #lines[#lines],
   })
   local client = item.command and vim.lsp.get_client_by_id(item.client_id)
   if client then
     client:exec_cmd(item.command, { bufnr = bufnr })
   end
 end
+
+-- The item Neovim draws, without accepting it: 0.12 has no public call for that (get() takes
+-- the item), so it is read from the module's Completor, found as an upvalue of get(). Where a
+-- later Neovim names things otherwise this finds nothing, and only the hiding below is lost.
+local function drawn_item(bufnr)
+  local index = 1
+  while true do
+    local name, value = debug.getupvalue(vim.lsp.inline_completion.get, index)
+    if name == nil then
+      return nil
+    end
+    if name == 'Completor' and type(value) == 'table' and type(value.active) == 'table' then
+      local completor = value.active[bufnr]
+      return completor and completor.current
+    end
+    index = index + 1
+  end
+end
+
+local ghost_namespace = vim.api.nvim_create_namespace('nvim.lsp.inline_completion')
+vim.api.nvim_create_autocmd({ 'CursorMovedI', 'TextChangedI' }, {
+  group = vim.api.nvim_create_augroup('pie_lsp_stale_ghost', { clear = true }),
+  callback = function(event)
+    -- After Neovim's own CursorMovedI handler, which draws the old item again.
+    vim.schedule(function()
+      if not vim.api.nvim_buf_is_valid(event.buf) or event.buf ~= vim.api.nvim_get_current_buf() then
+        return
+      end
+      local item = drawn_item(event.buf)
+      if item and not holds_at_cursor(item) then
+        vim.api.nvim_buf_clear_namespace(event.buf, ghost_namespace, 0, -1)
+      end
+    end)
+  end,
+})
 
 vim.keymap.set('i', '<Tab>', function()
   if not vim.lsp.inline_completion.get({ on_accept = apply_at_cursor }) then
