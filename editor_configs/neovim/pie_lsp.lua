@@ -166,19 +166,68 @@ local function drawn_item(bufnr)
 end
 
 local ghost_namespace = vim.api.nvim_create_namespace('nvim.lsp.inline_completion')
+
+-- The lines after a suggestion's first are virtual lines below the cursor's, and Neovim does not
+-- scroll for them: at the window's bottom they would be drawn off screen. The view scrolls just
+-- enough to show them, keeping the cursor in the window.
+local function fit_below(winid, below)
+  vim.api.nvim_win_call(winid, function()
+    local overflow = vim.fn.winline() + below - vim.api.nvim_win_get_height(winid)
+    local room = vim.fn.winline() - 1 -- screen lines above the cursor that may scroll away
+    if overflow > 0 and room > 0 then
+      local view = vim.fn.winsaveview()
+      view.topline = view.topline + math.min(overflow, room)
+      vim.fn.winrestview(view)
+    end
+  end)
+end
+
+-- What is drawn must hold where the cursor is now: Neovim draws its item again on every key,
+-- matching or not, and draws an answer that arrives after the cursor has left the place it
+-- was asked for (a request is not cancelled by typing on).
+local function check_drawn(bufnr)
+  local winid = vim.api.nvim_get_current_win()
+  if not vim.api.nvim_buf_is_valid(bufnr) or vim.api.nvim_win_get_buf(winid) ~= bufnr then
+    return
+  end
+  local mark = vim.api.nvim_buf_get_extmarks(bufnr, ghost_namespace, 0, -1, { details = true })[1]
+  if not mark then
+    return
+  end
+  local item = drawn_item(bufnr)
+  if item and not holds_at_cursor(item) then
+    vim.api.nvim_buf_clear_namespace(bufnr, ghost_namespace, 0, -1)
+  elseif #(mark[4].virt_lines or {}) > 0 then
+    fit_below(winid, #mark[4].virt_lines)
+  end
+end
+
 vim.api.nvim_create_autocmd({ 'CursorMovedI', 'TextChangedI' }, {
   group = vim.api.nvim_create_augroup('pie_lsp_stale_ghost', { clear = true }),
   callback = function(event)
     -- After Neovim's own CursorMovedI handler, which draws the old item again.
     vim.schedule(function()
-      if not vim.api.nvim_buf_is_valid(event.buf) or event.buf ~= vim.api.nvim_get_current_buf() then
-        return
-      end
-      local item = drawn_item(event.buf)
-      if item and not holds_at_cursor(item) then
-        vim.api.nvim_buf_clear_namespace(event.buf, ghost_namespace, 0, -1)
-      end
+      check_drawn(event.buf)
     end)
+  end,
+})
+
+-- An answer arrives with no event of its own; the window's redraw is where it shows.
+local check_pending = false
+vim.api.nvim_set_decoration_provider(vim.api.nvim_create_namespace('pie_lsp_check_ghost'), {
+  on_win = function(_, winid, bufnr)
+    if check_pending or winid ~= vim.api.nvim_get_current_win() then
+      return false
+    end
+    -- Drawing may not change the buffer or the view: look now, act after the redraw.
+    if #vim.api.nvim_buf_get_extmarks(bufnr, ghost_namespace, 0, -1, { limit = 1 }) > 0 then
+      check_pending = true
+      vim.schedule(function()
+        check_pending = false
+        check_drawn(bufnr)
+      end)
+    end
+    return false
   end,
 })
 

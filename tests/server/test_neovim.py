@@ -8,12 +8,19 @@ items Neovim received and compares them with the extmark it shows.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import termios
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -112,26 +119,77 @@ def skip_reason() -> str | None:
     return None
 
 
+def config_arguments(server: list[str], settings: str) -> list[str]:
+    """Neovim's arguments for editor_configs/neovim/pie_lsp.lua, starting `server` with the
+    `settings` Lua table; Neovim passes its own environment on to the server."""
+    lua_list = "{" + ", ".join(f"'{part}'" for part in server) + "}"
+    return [
+        "-i",
+        "NONE",
+        "--cmd",
+        f"lua vim.g.pie_lsp_cmd = {lua_list}; vim.g.pie_lsp_settings = {settings}",
+        "-u",
+        str(CONFIG),
+    ]
+
+
 def launch(server: list[str], settings: str):
-    """Headless Neovim on editor_configs/neovim/pie_lsp.lua, starting `server` with the
-    `settings` Lua table; it passes its own environment on to the server."""
+    """Headless Neovim on the config (see `config_arguments`), driven over its stdio."""
     import pynvim
 
-    lua_list = "{" + ", ".join(f"'{part}'" for part in server) + "}"
     return pynvim.attach(
-        "child",
-        argv=[
-            nvim_binary(),
-            "--embed",
-            "--headless",
-            "-i",
-            "NONE",
-            "--cmd",
-            f"lua vim.g.pie_lsp_cmd = {lua_list}; vim.g.pie_lsp_settings = {settings}",
-            "-u",
-            str(CONFIG),
-        ],
+        "child", argv=[nvim_binary(), "--embed", "--headless", *config_arguments(server, settings)]
     )
+
+
+@contextmanager
+def in_a_terminal(server: list[str], settings: str, rows: int, columns: int = 100):
+    """Neovim with its own UI in a pseudo-terminal of `rows` × `columns`, driven over a socket.
+    Headless Neovim never redraws, and what only happens when a window is drawn (the config's
+    decoration provider) needs a screen."""
+    import pynvim
+
+    directory = Path(tempfile.mkdtemp(prefix="nv", dir="/tmp"))  # a socket path is short
+    socket = directory / "socket"
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    process = subprocess.Popen(
+        [nvim_binary(), "--listen", str(socket), *config_arguments(server, settings)],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, "TERM": "xterm-256color"},
+        start_new_session=True,
+    )
+    os.close(terminal)
+
+    def drain() -> None:  # a terminal nobody reads fills up, and Neovim blocks on it
+        try:
+            while os.read(controller, 65536):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        wait_until(socket.exists, 30, "Neovim's socket")
+        editor = pynvim.attach("socket", path=str(socket))
+        try:
+            yield editor
+        finally:
+            try:
+                editor.command("qa!")
+            except Exception:
+                pass
+            editor.close()
+    finally:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        os.close(controller)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_until(condition, timeout: float, what: str):
@@ -144,8 +202,8 @@ def wait_until(condition, timeout: float, what: str):
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture(params=["tiny", "default"])
-def nvim(request, tmp_path, monkeypatch):
+def server_for(request, tmp_path: Path, monkeypatch) -> tuple[list[str], str]:
+    """The server command for the fixture's model ("tiny" or "default") and the settings."""
     reason = skip_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -174,7 +232,12 @@ def nvim(request, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # Neovim's own lsp.log goes here
-    editor = launch(server, settings)
+    return server, settings
+
+
+@pytest.fixture(params=["tiny", "default"])
+def nvim(request, tmp_path, monkeypatch):
+    editor = launch(*server_for(request, tmp_path, monkeypatch))
     try:
         yield editor
     finally:
@@ -183,6 +246,16 @@ def nvim(request, tmp_path, monkeypatch):
         except Exception:
             pass
         editor.close()
+
+
+TERMINAL_ROWS = 20
+
+
+@pytest.fixture(params=["tiny"])
+def terminal_nvim(request, tmp_path, monkeypatch):
+    server, settings = server_for(request, tmp_path, monkeypatch)
+    with in_a_terminal(server, settings, rows=TERMINAL_ROWS) as editor:
+        yield editor
 
 
 def test_ghost_text_while_typing_and_after_an_edit_far_above(nvim, tmp_path) -> None:
@@ -516,3 +589,75 @@ def test_stats_command_sums_up_the_buffer(nvim, tmp_path) -> None:
     )
     assert "strategy pie" in summary and "(ready)" in summary, summary
     assert "completions" in summary and "shown" in summary and "cache:" in summary, summary
+
+
+# A server's answer as Neovim's handler takes it, for an item of the test's choosing at a
+# place of its choosing (row and column 0-based; the item ends at that line's end).
+ANSWER = """
+local text, row, col = ...
+local index = 1
+while true do
+  local name, value = debug.getupvalue(vim.lsp.inline_completion.get, index)
+  if name == 'Completor' then
+    local completor = value.active[vim.api.nvim_get_current_buf()]
+    local client = vim.lsp.get_clients({ name = 'pie_lsp', bufnr = 0 })[1]
+    local line = vim.api.nvim_buf_get_lines(0, row, row + 1, true)[1]
+    local range = { start = { line = row, character = col },
+                    ['end'] = { line = row, character = #line } }
+    completor:handler(nil, { items = { { insertText = text, range = range } } },
+                      { client_id = client.id })
+    return true
+  end
+  index = index + 1
+end
+"""
+
+GHOST_MARKS = """
+local ns = vim.api.nvim_get_namespaces()['nvim.lsp.inline_completion']
+return ns and #vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {}) or 0
+"""
+
+
+def at_the_bottom_after_the_first_answer(nvim, tmp_path: Path) -> tuple[int, int]:
+    """SOURCE open, the cursor on its last line (the window's bottom) in insert mode, after
+    the server's first answer there; returns the cursor (row 0-based, column)."""
+    path = tmp_path / "bottom.py"
+    path.write_text(SOURCE)
+    open_and_wait(nvim, path)
+    nvim.exec_lua(RECORD_RESPONSES, [])
+    wait_ready(nvim)
+    nvim.input("GA")
+    # Later answers would replace the one the test gives; none come without another key.
+    wait_until(lambda: nvim.exec_lua("return #_G.pie_received", []), 120, "the first answer")
+    row, col = nvim.current.window.cursor
+    assert nvim.eval("winline()") == nvim.current.window.height, "the cursor is not at the bottom"
+    return row - 1, col
+
+
+def test_a_suggestion_of_several_lines_at_the_window_bottom_scrolls_into_view(
+    terminal_nvim, tmp_path
+) -> None:
+    nvim = terminal_nvim
+    row, col = at_the_bottom_after_the_first_answer(nvim, tmp_path)
+    nvim.exec_lua(ANSWER, "value = 1\n    second = 2\n    third = 3\n    fourth = 4", row, col)
+    wait_until(lambda: nvim.exec_lua(GHOST_MARKS, []), 30, "the suggestion drawn")
+    # Its three lines below the cursor's come into the window; the cursor stays where it was.
+    wait_until(
+        lambda: nvim.eval("winline()") + 3 <= nvim.current.window.height,
+        30,
+        "the lines below the cursor to be scrolled into view",
+    )
+    assert nvim.current.window.cursor == (row + 1, col)
+    assert nvim.api.get_mode()["mode"] == "i"
+
+
+def test_an_answer_for_a_place_the_cursor_has_left_is_not_drawn(terminal_nvim, tmp_path) -> None:
+    nvim = terminal_nvim
+    row, _ = at_the_bottom_after_the_first_answer(nvim, tmp_path)
+    # Asked for on the line above, answered after the cursor moved down: no key follows it.
+    nvim.exec_lua(ANSWER, "return 1", row - 1, 4)
+    wait_until(lambda: nvim.exec_lua(GHOST_MARKS, []) == 0, 30, "the stale answer to be hidden")
+    # One that holds where the cursor is stays drawn.
+    nvim.exec_lua(ANSWER, "value = 1", row, len(nvim.current.line))
+    time.sleep(1)  # a hide would come at the next redraw, well within this
+    assert nvim.exec_lua(GHOST_MARKS, []) == 1
