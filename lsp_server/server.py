@@ -148,6 +148,8 @@ class PieLanguageServer(LanguageServer):
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
         self._idle_flags: dict[str, threading.Event] = {}
         self._generations: dict[str, _Generation] = {}
+        # The last generation that ran to its end, per document: (version, offset, its text).
+        self._answered: dict[str, tuple[int, int, str | None]] = {}
         self._request_counters: dict[str, dict[str, int]] = {}
 
     # ---- documents -----------------------------------------------------------------------
@@ -217,6 +219,7 @@ class PieLanguageServer(LanguageServer):
         self._line_indexes.pop(uri, None)
         self._cancel_idle_refresh(uri)
         self._last_position.pop(uri, None)
+        self._answered.pop(uri, None)
         if self.engine is not None:
             self.engine.close_document(uri)
             self.worker.submit(self.engine.release_closed)
@@ -239,6 +242,7 @@ class PieLanguageServer(LanguageServer):
             )
             return
         self.settings = settings
+        self._answered.clear()  # what the old settings answered
         log.info(
             "settings from %s: %s, debounce %d ms",
             origin,
@@ -397,6 +401,18 @@ class PieLanguageServer(LanguageServer):
                     )
                     completion = await running.join()
                     return _text_of(completion)
+            answered = self._answered.get(uri)
+            # A request at the place and version a generation has just answered (VS Code's
+            # second request at a trigger character, when the first finished before it came)
+            # gets that answer, empty or not: decoding again would give the same.
+            if answered is not None and answered[:2] == (snapshot.version, offset):
+                self._count(uri, "reused_answers")
+                log.debug(
+                    "completion %s in %s: answered by the generation that just ran there",
+                    _position_text(position),
+                    uri,
+                )
+                return answered[2]
                 along = self.documents.typed_since(uri, running.version, running.offset)
                 # Still in its debounce, it is cheaper to start over at the new place.
                 if running.decoding and along and offset == running.offset + len(along):
@@ -452,6 +468,8 @@ class PieLanguageServer(LanguageServer):
             if self._generations.get(uri) is run:
                 del self._generations[uri]
             self._schedule_idle_refresh(uri)
+        if not flag.is_set() and completion.reason != "cancelled":
+            self._answered[uri] = (run.version, run.offset, _text_of(completion))
         log.debug(
             "completion %s in %s: %r (%s, %s, %d tokens, %.0f ms)",
             _position_text(position),
@@ -558,6 +576,7 @@ class PieLanguageServer(LanguageServer):
             for counter in (
                 "shared_generations",
                 "typed_along_generations",
+                "reused_answers",
                 "suggestions_offered",
                 "suggestions_accepted",
                 "suggestions_partially_accepted",

@@ -319,6 +319,37 @@ async def test_completion_and_inline_requests_share_one_generation(
         assert menu.items and menu.items[0].text_edit.new_text.endswith(items[0].insert_text)
 
 
+async def test_a_request_after_the_generation_at_its_place_ended_gets_its_answer(
+    client: LanguageClient,
+) -> None:
+    """VS Code's second request at a trigger character can come after the first has finished:
+    the same document at the same place is answered without decoding again, even when the
+    answer was empty; an edit or a settings change asks the model again."""
+    uri = "file:///work/answered.py"
+    open_document(client, uri, SOURCE)
+    first = await inline(client, uri, CURSOR_LINE, 4)
+    second = await inline(client, uri, CURSOR_LINE, 4)
+    document = (await stats(client, uri))["documents"][uri]
+    assert document["completions"] == 1
+    assert document["reused_answers"] == 1
+    assert [item.insert_text for item in second] == [item.insert_text for item in first]
+    change(client, uri, 2, (CURSOR_LINE, 4), (CURSOR_LINE, 4), "x")
+    change(client, uri, 3, (CURSOR_LINE, 4), (CURSOR_LINE, 5), "")
+    await inline(client, uri, CURSOR_LINE, 4)  # the same text, but another version
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"pieLsp": {"maxNewTokens": 8}})
+    )
+    try:
+        await inline(client, uri, CURSOR_LINE, 4)
+    finally:
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"pieLsp": {"maxNewTokens": 16}})
+        )
+    document = (await stats(client, uri))["documents"][uri]
+    assert document["completions"] == 3
+    assert document["reused_answers"] == 1
+
+
 async def test_accepts_are_counted_locally(client: LanguageClient) -> None:
     uri = "file:///work/accepts.py"
     open_document(client, uri, SOURCE)
