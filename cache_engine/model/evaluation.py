@@ -218,6 +218,10 @@ def _stage(training: dict) -> str:
 def _stages(training: dict) -> str:
     """This run, then each run it continued from, with the data of those that say it."""
     parts = [_stage(training)]
+    averaged = training.get("averaged_snapshot_steps")
+    if averaged:
+        steps = ", ".join(str(step) for step in averaged)
+        parts[0] += f", exported as the mean of its weights at steps {steps}"
     stage = training.get("previous_stage")
     while stage:
         data = stage.get("data")

@@ -96,3 +96,13 @@ def test_export_writes_the_mean_and_says_which_steps(tmp_path: Path) -> None:
     summary = json.loads((args.output / "training_log.json").read_text())
     assert summary["averaged_snapshot_steps"] == [500, 750]
     assert summary["steps"] == 760
+
+
+def test_the_model_card_says_the_weights_are_a_mean() -> None:
+    from cache_engine.model.evaluation import _stages
+
+    training = {"steps": 2350, "batch_size": 8, "seq_len": 2048, "tokens_seen": 38_502_400}
+    assert "mean" not in _stages(training)
+    averaged = _stages({**training, "averaged_snapshot_steps": [2050, 2300]})
+    assert averaged.startswith("2350 steps of 8×2048 tokens")
+    assert "exported as the mean of its weights at steps 2050, 2300" in averaged
