@@ -74,6 +74,7 @@ class _Generation:
     task: asyncio.Future[Completion | None] = field(init=False)
     decoding: bool = False  # past the debounce: the model is working on it
     waiters: int = 0
+    settings_epoch: int = 0  # the server's settings when it started
 
     async def join(self) -> Completion | None:
         self.waiters += 1
@@ -148,8 +149,10 @@ class PieLanguageServer(LanguageServer):
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
         self._idle_flags: dict[str, threading.Event] = {}
         self._generations: dict[str, _Generation] = {}
-        # The last generation that ran to its end, per document: (version, offset, its text).
+        # The last generation that ran to its end, per document: (version, offset, its text);
+        # only one started under the settings in force may be reused.
         self._answered: dict[str, tuple[int, int, str | None]] = {}
+        self._settings_epoch = 0
         self._request_counters: dict[str, dict[str, int]] = {}
 
     # ---- documents -----------------------------------------------------------------------
@@ -169,6 +172,7 @@ class PieLanguageServer(LanguageServer):
         return index
 
     def open_document(self, document: types.TextDocumentItem) -> None:
+        self._answered.pop(document.uri, None)
         if self.engine is not None:
             self.engine.open_document(
                 document.uri, document.text, document.version, document.language_id
@@ -178,6 +182,8 @@ class PieLanguageServer(LanguageServer):
 
     def change_document(self, params: types.DidChangeTextDocumentParams) -> None:
         uri, version = params.text_document.uri, params.text_document.version
+        # A version can come back (a client that goes back to an old number): never reuse.
+        self._answered.pop(uri, None)
         snapshot = self.documents.snapshot(uri)
         if version <= snapshot.version:
             log.error(
@@ -243,6 +249,7 @@ class PieLanguageServer(LanguageServer):
             return
         self.settings = settings
         self._answered.clear()  # what the old settings answered
+        self._settings_epoch += 1
         log.info(
             "settings from %s: %s, debounce %d ms",
             origin,
@@ -390,17 +397,6 @@ class PieLanguageServer(LanguageServer):
             if typed is not None:
                 log.debug("completion %s in %s: typed ahead", _position_text(position), uri)
                 return typed.text
-            running = self._generations.get(uri)
-            if running is not None and not running.task.done():
-                if (running.version, running.offset) == (snapshot.version, offset):
-                    self._count(uri, "shared_generations")
-                    log.debug(
-                        "completion %s in %s: shares the running generation",
-                        _position_text(position),
-                        uri,
-                    )
-                    completion = await running.join()
-                    return _text_of(completion)
             answered = self._answered.get(uri)
             # A request at the place and version a generation has just answered (VS Code's
             # second request at a trigger character, when the first finished before it came)
@@ -412,7 +408,19 @@ class PieLanguageServer(LanguageServer):
                     _position_text(position),
                     uri,
                 )
+                self._schedule_idle_refresh(uri)  # this request cancelled the one armed
                 return answered[2]
+            running = self._generations.get(uri)
+            if running is not None and not running.task.done():
+                if (running.version, running.offset) == (snapshot.version, offset):
+                    self._count(uri, "shared_generations")
+                    log.debug(
+                        "completion %s in %s: shares the running generation",
+                        _position_text(position),
+                        uri,
+                    )
+                    completion = await running.join()
+                    return _text_of(completion)
                 along = self.documents.typed_since(uri, running.version, running.offset)
                 # Still in its debounce, it is cheaper to start over at the new place.
                 if running.decoding and along and offset == running.offset + len(along):
@@ -425,7 +433,9 @@ class PieLanguageServer(LanguageServer):
         except (PositionError, DocumentError) as error:
             _log_request_error(error, position, uri)
             return None
-        generation = _Generation(self.worker.begin(uri), snapshot.version, offset)
+        generation = _Generation(
+            self.worker.begin(uri), snapshot.version, offset, settings_epoch=self._settings_epoch
+        )
         generation.task = asyncio.ensure_future(self._generate(engine, uri, position, generation))
         self._generations[uri] = generation
         completion = await generation.join()
@@ -468,7 +478,11 @@ class PieLanguageServer(LanguageServer):
             if self._generations.get(uri) is run:
                 del self._generations[uri]
             self._schedule_idle_refresh(uri)
-        if not flag.is_set() and completion.reason != "cancelled":
+        if (
+            not flag.is_set()
+            and completion.reason != "cancelled"
+            and run.settings_epoch == self._settings_epoch
+        ):
             self._answered[uri] = (run.version, run.offset, _text_of(completion))
         log.debug(
             "completion %s in %s: %r (%s, %s, %d tokens, %.0f ms)",

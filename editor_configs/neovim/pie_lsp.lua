@@ -173,7 +173,13 @@ local ghost_namespace = vim.api.nvim_create_namespace('nvim.lsp.inline_completio
 local function fit_below(winid, below)
   vim.api.nvim_win_call(winid, function()
     local overflow = vim.fn.winline() + below - vim.api.nvim_win_get_height(winid)
-    local room = vim.fn.winline() - 1 -- screen lines above the cursor that may scroll away
+    -- Screen lines above the cursor that may scroll away: past 'scrolloff' Neovim would
+    -- scroll back, and the next redraw would try again.
+    local scrolloff = vim.wo[winid].scrolloff
+    if scrolloff < 0 then -- the window follows the global value
+      scrolloff = vim.go.scrolloff
+    end
+    local room = vim.fn.winline() - 1 - math.min(scrolloff, vim.api.nvim_win_get_height(winid))
     if overflow > 0 and room > 0 then
       local view = vim.fn.winsaveview()
       view.topline = view.topline + math.min(overflow, room)
@@ -195,6 +201,10 @@ local function check_drawn(bufnr)
     return
   end
   local item = drawn_item(bufnr)
+  local client = pie_client(bufnr)
+  if item and (client == nil or item.client_id ~= client.id) then
+    return -- another server's item: its ranges follow other rules
+  end
   if item and not holds_at_cursor(item) then
     vim.api.nvim_buf_clear_namespace(bufnr, ghost_namespace, 0, -1)
   elseif #(mark[4].virt_lines or {}) > 0 then

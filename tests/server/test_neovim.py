@@ -598,6 +598,7 @@ local text, row, col = ...
 local index = 1
 while true do
   local name, value = debug.getupvalue(vim.lsp.inline_completion.get, index)
+  if name == nil then error('no Completor among the upvalues of inline_completion.get') end
   if name == 'Completor' then
     local completor = value.active[vim.api.nvim_get_current_buf()]
     local client = vim.lsp.get_clients({ name = 'pie_lsp', bufnr = 0 })[1]
@@ -629,6 +630,16 @@ def at_the_bottom_after_the_first_answer(nvim, tmp_path: Path) -> tuple[int, int
     nvim.input("GA")
     # Later answers would replace the one the test gives; none come without another key.
     wait_until(lambda: nvim.exec_lua("return #_G.pie_received", []), 120, "the first answer")
+    # Whatever the tiny model answered (several lines would scroll), start from its drawing
+    # gone and the cursor's line at the window's bottom.
+    nvim.exec_lua(
+        """
+        local ns = vim.api.nvim_get_namespaces()['nvim.lsp.inline_completion']
+        if ns then vim.api.nvim_buf_clear_namespace(0, ns, 0, -1) end
+        local row = vim.api.nvim_win_get_cursor(0)[1]
+        vim.fn.winrestview({ topline = row - vim.api.nvim_win_get_height(0) + 1 })
+        """
+    )
     row, col = nvim.current.window.cursor
     assert nvim.eval("winline()") == nvim.current.window.height, "the cursor is not at the bottom"
     return row - 1, col

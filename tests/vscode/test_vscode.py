@@ -313,7 +313,10 @@ def test_trigger_characters_share_one_generation(
 
     def both_answered() -> list[str] | None:
         answers = at_bracket.findall(server_log(code_server)[before:])
-        return answers if any(answer in joined for answer in answers) else None
+        # A shared generation logs its answer after the request that joined it.
+        shared = any(answer in joined for answer in answers)
+        generated = any(answer[:1] in "'\"" for answer in answers)
+        return answers if shared and generated else None
 
     answers = wait_until(both_answered, GUARD, "a request answered by another's generation")
     generations = [answer for answer in answers if answer[:1] in "'\""]
