@@ -169,12 +169,35 @@ def test_mid_line_shows_what_tab_inserts_and_nothing_before_code(
     shown = None
     workbench.page.keyboard.press("Control+End")
     workbench.page.keyboard.type("\n\ndef check(text, width):", delay=100)
+    cursor = (0, 0)
     for opening in ("if isinstance(", "print(", "lines = wrap(", "max("):
         workbench.page.keyboard.press("Control+End")
         # VS Code indents the new line and closes the bracket.
         workbench.page.keyboard.type(f"\n{opening}", delay=100)
+        # While the bracket is typed VS Code may keep an older item on screen; what Tab takes
+        # is the answer for where the cursor is now (a clean-clone run read the old item's
+        # line, then Tab took the new one). Wait for that answer, and for it to be drawn.
+        cursor = workbench.cursor()
+        # A quoted answer, or one from the text typed along (the only kind logged unquoted).
+        answered = re.compile(
+            rf"completion {cursor[0]}:{cursor[1]} in \S+/textwrap\.py: ('|\"|typed ahead)"
+        )
+        wait_until(
+            lambda answered=answered: answered.search(server_log(code_server)),
+            GUARD,
+            "the answer at the cursor",
+        )
+        answer = workbench.answer_at(cursor)
+        if answer is not None and not ast.literal_eval(answer[0]):
+            continue  # nothing to say here
+        expected = squeeze(ast.literal_eval(answer[0])) if answer is not None else None
         try:
-            shown = workbench.wait_ghost(timeout=15)
+
+            def drawn_answer(expected: str | None = expected) -> str | None:
+                text = workbench.wait_ghost(timeout=15)
+                return text if expected is None or text == expected else None
+
+            shown = wait_until(drawn_answer, 30, f"the ghost text {expected!r}")
             break
         except TimeoutError:
             continue
@@ -192,7 +215,7 @@ def test_mid_line_shows_what_tab_inserts_and_nothing_before_code(
         return text if all(char in remaining for char in first) else None
 
     drawn = wait_until(drawn_with_ghost, GUARD, "the ghost text drawn in its line")
-    cursor_line, _ = workbench.cursor()
+    cursor_line, _ = cursor
     workbench.accept()
     workbench.save()
     lines = path.read_text().split("\n")[cursor_line:]
