@@ -149,9 +149,10 @@ class PieLanguageServer(LanguageServer):
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
         self._idle_flags: dict[str, threading.Event] = {}
         self._generations: dict[str, _Generation] = {}
-        # The last generation that ran to its end, per document: (version, offset, its text);
-        # only one started under the settings in force may be reused.
-        self._answered: dict[str, tuple[int, int, str | None]] = {}
+        # The last generation that ran to its end, per document: (version, offset, the
+        # settings epoch it started under, its text). A settings change bumps the epoch, so
+        # nothing answered under older settings is reused.
+        self._answered: dict[str, tuple[int, int, int, str | None]] = {}
         self._settings_epoch = 0
         self._request_counters: dict[str, dict[str, int]] = {}
 
@@ -248,7 +249,6 @@ class PieLanguageServer(LanguageServer):
             )
             return
         self.settings = settings
-        self._answered.clear()  # what the old settings answered
         self._settings_epoch += 1
         log.info(
             "settings from %s: %s, debounce %d ms",
@@ -401,7 +401,8 @@ class PieLanguageServer(LanguageServer):
             # A request at the place and version a generation has just answered (VS Code's
             # second request at a trigger character, when the first finished before it came)
             # gets that answer, empty or not: decoding again would give the same.
-            if answered is not None and answered[:2] == (snapshot.version, offset):
+            here = (snapshot.version, offset, self._settings_epoch)
+            if answered is not None and answered[:3] == here:
                 self._count(uri, "reused_answers")
                 log.debug(
                     "completion %s in %s: answered by the generation that just ran there",
@@ -409,7 +410,7 @@ class PieLanguageServer(LanguageServer):
                     uri,
                 )
                 self._schedule_idle_refresh(uri)  # this request cancelled the one armed
-                return answered[2]
+                return answered[3]
             running = self._generations.get(uri)
             if running is not None and not running.task.done():
                 if (running.version, running.offset) == (snapshot.version, offset):
@@ -478,12 +479,13 @@ class PieLanguageServer(LanguageServer):
             if self._generations.get(uri) is run:
                 del self._generations[uri]
             self._schedule_idle_refresh(uri)
-        if (
-            not flag.is_set()
-            and completion.reason != "cancelled"
-            and run.settings_epoch == self._settings_epoch
-        ):
-            self._answered[uri] = (run.version, run.offset, _text_of(completion))
+        if not flag.is_set() and completion.reason != "cancelled":
+            self._answered[uri] = (
+                run.version,
+                run.offset,
+                run.settings_epoch,
+                _text_of(completion),
+            )
         log.debug(
             "completion %s in %s: %r (%s, %s, %d tokens, %.0f ms)",
             _position_text(position),
