@@ -102,7 +102,7 @@ vim.api.nvim_create_autocmd({ 'LspAttach', 'BufEnter', 'WinEnter' }, {
 -- still holds: same line, the text typed since the request a prefix of it, and the rest of the
 -- line (which the item ends with) unchanged; otherwise it is hidden and Tab is a Tab. pie-lsp's
 -- items start at the request's cursor and end at its line's end (lsp_server/server.py), which
--- this relies on.
+-- this relies on. Returns the length of that rest of the line where the item holds, else nil.
 local function holds_at_cursor(item)
   local bufnr, winid = vim.api.nvim_get_current_buf(), vim.api.nvim_get_current_win()
   local text, range = item.insert_text, item.range
@@ -110,22 +110,22 @@ local function holds_at_cursor(item)
   local row, col = cursor[1] - 1, cursor[2]
   if type(text) ~= 'string' or range == nil or range.start.row ~= row
     or range.end_.row ~= row or col < range.start.col then
-    return false
+    return nil
   end
   local rest_length = range.end_.col - range.start.col
   local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
   local typed = line:sub(range.start.col + 1, col)
   local rest = line:sub(col + 1, col + rest_length)
-  return #typed + rest_length <= #text
+  local holds = #typed + rest_length <= #text
     and text:sub(1, #typed) == typed
     and #rest == rest_length
-    and text:sub(#text - rest_length + 1) == rest,
-    rest_length
+    and text:sub(#text - rest_length + 1) == rest
+  return holds and rest_length or nil
 end
 
 local function apply_at_cursor(item)
-  local holds, rest_length = holds_at_cursor(item)
-  if not holds then
+  local rest_length = holds_at_cursor(item)
+  if not rest_length then
     if vim.api.nvim_get_mode().mode:sub(1, 1) == 'i' then
       vim.api.nvim_feedkeys(vim.keycode('<Tab>'), 'n', false)
     end
@@ -212,30 +212,34 @@ local function check_drawn(bufnr)
   end
 end
 
+-- One check per turn of the event loop, however many events asked for it (a typed key is both
+-- a CursorMovedI and a TextChangedI), and after them: Neovim's own CursorMovedI handler draws
+-- the old item again, and drawing may not change the buffer or the view.
+local check_pending = false
+local function schedule_check(bufnr)
+  if check_pending then
+    return
+  end
+  check_pending = true
+  vim.schedule(function()
+    check_pending = false
+    check_drawn(bufnr)
+  end)
+end
+
 vim.api.nvim_create_autocmd({ 'CursorMovedI', 'TextChangedI' }, {
   group = vim.api.nvim_create_augroup('pie_lsp_stale_ghost', { clear = true }),
   callback = function(event)
-    -- After Neovim's own CursorMovedI handler, which draws the old item again.
-    vim.schedule(function()
-      check_drawn(event.buf)
-    end)
+    schedule_check(event.buf)
   end,
 })
 
 -- An answer arrives with no event of its own; the window's redraw is where it shows.
-local check_pending = false
 vim.api.nvim_set_decoration_provider(vim.api.nvim_create_namespace('pie_lsp_check_ghost'), {
   on_win = function(_, winid, bufnr)
-    if check_pending or winid ~= vim.api.nvim_get_current_win() then
-      return false
-    end
-    -- Drawing may not change the buffer or the view: look now, act after the redraw.
-    if #vim.api.nvim_buf_get_extmarks(bufnr, ghost_namespace, 0, -1, { limit = 1 }) > 0 then
-      check_pending = true
-      vim.schedule(function()
-        check_pending = false
-        check_drawn(bufnr)
-      end)
+    if winid == vim.api.nvim_get_current_win()
+      and #vim.api.nvim_buf_get_extmarks(bufnr, ghost_namespace, 0, -1, { limit = 1 }) > 0 then
+      schedule_check(bufnr)
     end
     return false
   end,
