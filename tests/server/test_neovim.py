@@ -142,6 +142,15 @@ def launch(server: list[str], settings: str):
     )
 
 
+def quit_editor(editor) -> None:
+    """Quit Neovim without saving (it may already be gone), then drop the connection."""
+    try:
+        editor.command("qa!")
+    except Exception:
+        pass
+    editor.close()
+
+
 @contextmanager
 def in_a_terminal(server: list[str], settings: str, rows: int, columns: int = 100):
     """Neovim with its own UI in a pseudo-terminal of `rows` × `columns`, driven over a socket.
@@ -177,11 +186,7 @@ def in_a_terminal(server: list[str], settings: str, rows: int, columns: int = 10
         try:
             yield editor
         finally:
-            try:
-                editor.command("qa!")
-            except Exception:
-                pass
-            editor.close()
+            quit_editor(editor)
     finally:
         try:
             process.wait(timeout=30)
@@ -241,11 +246,7 @@ def nvim(request, tmp_path, monkeypatch):
     try:
         yield editor
     finally:
-        try:
-            editor.command("qa!")
-        except Exception:
-            pass
-        editor.close()
+        quit_editor(editor)
 
 
 TERMINAL_ROWS = 20
