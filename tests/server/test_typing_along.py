@@ -1,0 +1,121 @@
+"""A request made while the user types along a running generation waits for it, in process.
+
+The stdio tests cannot hold a generation open while they type: a model decodes a suggestion
+in tens of milliseconds. Here the server runs in this process and the engine's stop check,
+which a generation calls before it decodes, blocks until the test has typed and asked again.
+The shipped model, with its confidence gate off, gives the suggestion to type along (the tiny
+random model's suggestions here are empty after the stop rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from lsprotocol import types
+
+from lsp_server.server import LaunchOptions, PieLanguageServer
+
+pytestmark = pytest.mark.asyncio
+
+SOURCE = (
+    "import math\n\n\n"
+    "def area(radius):\n    return math.pi * radius ** 2\n\n\n"
+    "def perimeter(radius):\n    \n    return 2 * math.pi * radius\n"
+)
+CURSOR = types.Position(line=SOURCE.split("\n").index("def perimeter(radius):") + 1, character=4)
+URI = "file:///work/along.py"
+
+
+class HeldGeneration:
+    """Wraps the engine's `complete` so that the next generation waits, inside the model's
+    work, until `release` is set; `entered` is set when it got there."""
+
+    def __init__(self, complete: Callable[..., object]) -> None:
+        self.complete = complete
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self, *args: object, should_stop: Callable[[], bool], **kwargs: object) -> object:
+        self.calls += 1
+
+        def held_stop() -> bool:
+            if not self.entered.is_set():
+                self.entered.set()
+                self.release.wait(timeout=60)
+            return should_stop()
+
+        return self.complete(*args, should_stop=held_stop, **kwargs)
+
+
+def change(server: PieLanguageServer, version: int, at: types.Position, text: str) -> None:
+    server.change_document(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(start=at, end=at), text=text
+                )
+            ],
+        )
+    )
+
+
+def delete(server: PieLanguageServer, version: int, at: types.Position, count: int) -> None:
+    end = types.Position(line=at.line, character=at.character + count)
+    server.change_document(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(start=at, end=end), text=""
+                )
+            ],
+        )
+    )
+
+
+async def test_typing_along_a_running_generation_is_answered_from_it() -> None:
+    server = PieLanguageServer(LaunchOptions(model="default"))
+    ungated = replace(server.settings.completion, min_confidence=0.0, min_token_prob=0.0)
+    server.settings = replace(server.settings, completion=ungated, debounce_ms=0, idle_refresh_ms=0)
+    server.engine = await server.worker.run(server._build_engine)
+    held = HeldGeneration(server.engine.complete)
+    try:
+        server.open_document(
+            types.TextDocumentItem(uri=URI, language_id="python", version=1, text=SOURCE)
+        )
+        predicted = await server.complete(URI, CURSOR)
+        if not predicted or len(predicted) < 2:
+            pytest.skip(f"the suggestion here, {predicted!r}, is too short to type along")
+        # Type a character at the top of the file and take it back: the same text at a new
+        # version, and an edit away from the suggestion, so neither the answer nor typing
+        # ahead into it serves the next request, which starts a generation of its own.
+        top = types.Position(line=0, character=0)
+        change(server, 2, top, "x")
+        delete(server, 3, top, 1)
+        server.engine.complete = held  # type: ignore[method-assign]
+        first = asyncio.ensure_future(server.complete(URI, CURSOR))
+        assert await asyncio.to_thread(held.entered.wait, 60), "the generation never started"
+
+        # The user types the suggestion's first character while the model works on it, and
+        # the editor asks again one character further on.
+        change(server, 4, CURSOR, predicted[0])
+        along = types.Position(line=CURSOR.line, character=CURSOR.character + 1)
+        second = asyncio.ensure_future(server.complete(URI, along))
+        await asyncio.sleep(0.05)
+        assert not second.done(), "the request along the generation did not wait for it"
+        held.release.set()
+
+        assert await asyncio.wait_for(second, 60) == predicted[1:]
+        await asyncio.wait_for(first, 60)
+        counters = server.stats(URI)["documents"][URI]  # type: ignore[index]
+        assert counters["typed_along_generations"] == 1
+        assert held.calls == 1  # the request along started no generation of its own
+    finally:
+        held.release.set()
+        server.worker.shutdown()
