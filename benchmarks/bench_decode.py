@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import time
@@ -36,24 +34,13 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
+from benchmarks.machine import machine_record, streaming_read_bandwidth
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
 from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"
 METHODS = ("lean", "lean-mkl", "hf", "plain")
-
-
-def read_bandwidth(repeats: int = 5) -> float:
-    """Bytes per second this machine reads from memory, by summing a tensor far larger than L3."""
-    big = torch.ones(128 * 2**20)  # 512 MiB
-    big.sum()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        big.sum()
-        seconds.append(time.perf_counter() - started)
-    return big.nbytes / statistics.median(seconds)
 
 
 def engine_decoder(
@@ -231,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    bandwidth = read_bandwidth()
+    bandwidth = streaming_read_bandwidth(args.threads)["bytes_per_second"]
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s with {args.threads} threads")
     rows = []
     for name in args.models:
@@ -249,13 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "greedy decode ms/token from a long cache",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "read_bandwidth_gb_s": bandwidth / 1e9,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin)"),
-        },
+        "machine": machine_record(args.threads, read_bandwidth_gb_s=bandwidth / 1e9),
         "context": args.context,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,

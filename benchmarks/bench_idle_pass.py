@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import time
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
+from benchmarks.machine import machine_record
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 
@@ -79,12 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     result = {
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "threads": args.threads,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset)"),
-        },
+        "machine": machine_record(args.threads),
         "shape": "qwen2.5-coder-0.5b, random float32",
         "document_tokens": DOCUMENT_TOKENS,
         "deleted_tokens": list(LINE),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -31,6 +30,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import kernels  # noqa: E402
+from benchmarks.machine import machine_record  # noqa: E402
 
 NUM_LAYERS = 24
 NUM_KV_HEADS = 2
@@ -158,18 +158,13 @@ HEADER = (
 
 
 def machine_info(devices: list[torch.device]) -> dict[str, object]:
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        # Other jobs on the machine skew CPU timings; the load average says how much.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "triton": _triton_version(),
-        "devices": [d.type for d in devices],
-    }
+    info = machine_record(
+        torch.get_num_threads(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        triton=_triton_version(),
+        devices=[d.type for d in devices],
+    )
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_runtime"] = torch.version.cuda

@@ -68,9 +68,7 @@ import argparse
 import ctypes
 import gc
 import json
-import math
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -87,6 +85,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, document_ids, shaped_model
+from benchmarks.machine import machine_record, streaming_read_bandwidth
 from cache_engine.completion.prompt_layout import FimMarkers, assemble
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.kv.editable_cache import EditableCache
@@ -97,16 +96,6 @@ RESULTS = Path(__file__).parent / "results" / "llamacpp.json"
 
 # Qwen2.5-Coder's <|fim_prefix|>, <|fim_suffix|>, <|fim_middle|> ids.
 QWEN_FIM_MARKERS = FimMarkers(prefix=151659, suffix=151661, middle=151660)
-
-CPU_FLAGS_OF_INTEREST = (
-    "avx2",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
 
 EDIT_AT_TOKEN = 64
 GHOST_TEXT_TOKENS = 24
@@ -141,44 +130,6 @@ SIMPLIFICATIONS = [
 
 
 # ---- machine -------------------------------------------------------------------------------
-
-
-def cpu_description() -> dict[str, Any]:
-    model_name = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model_name in ("", platform.machine()):
-                model_name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return {
-        "model": model_name,
-        "logical_cpus": os.cpu_count(),
-        "flags": {flag: flag in flags for flag in CPU_FLAGS_OF_INTEREST},
-    }
-
-
-def streaming_read_bandwidth(threads: int, gib: float = 1.0, reads: int = 7) -> dict[str, Any]:
-    """Bytes per second of a reduction over a buffer far larger than the caches."""
-    torch.set_num_threads(threads)
-    buffer = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
-    buffer.sum()  # faults the pages in and warms the thread pool
-    best = math.inf
-    for _ in range(reads):
-        started = time.perf_counter()
-        buffer.sum()
-        best = min(best, time.perf_counter() - started)
-    nbytes = buffer.nbytes
-    del buffer
-    return {
-        "method": f"torch.sum over a {gib:g} GiB float32 tensor, {threads} threads, best of {reads}",
-        "bytes": nbytes,
-        "best_seconds": best,
-        "bytes_per_second": nbytes / best,
-    }
 
 
 def weight_bytes_per_decode_step(model: torch.nn.Module) -> int:
@@ -1222,18 +1173,14 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "shape": shape,
         "weights": "random float32" if args.model != "default" else "shipped default model",
-        "machine": {
-            "cpu": cpu_description(),
-            "threads": args.threads,
-            "load_average_start": load_start,
-            "load_average_end": os.getloadavg(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin)"),
-            "note": args.note,
-            "torch": torch.__version__,
-            "llama_cpp_python": _package_version("llama_cpp_python"),
-            "gguf": _package_version("gguf"),
-            "llama_cpp_system_info": system_info,
-        },
+        "machine": machine_record(
+            args.threads,
+            load_average_start=load_start,
+            note=args.note,
+            llama_cpp_python=_package_version("llama_cpp_python"),
+            gguf=_package_version("gguf"),
+            llama_cpp_system_info=system_info,
+        ),
         "llama_cpp_settings": {
             "n_ctx": _context_size(args.tokens + 3),
             "n_batch": args.n_batch,

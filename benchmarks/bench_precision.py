@@ -32,7 +32,6 @@ import copy
 import itertools
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -42,8 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.bench_decode import read_bandwidth
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
+from benchmarks.machine import machine_record, streaming_read_bandwidth
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
 from cache_engine.model.corpus import collect_sources
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             if threads not in bandwidths:
-                bandwidths[threads] = read_bandwidth()
+                bandwidths[threads] = streaming_read_bandwidth(threads)["bytes_per_second"]
                 print(f"read bandwidth {bandwidths[threads] / 1e9:.1f} GB/s, {threads} threads")
             rows += measure_speed(name, variants, args, bandwidths[threads], threads)
             print(f"{name}, {threads} threads: done, load average {load_average()}")
@@ -274,15 +273,12 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(
             ["python -m benchmarks.bench_precision", *(sys.argv[1:] if argv is None else argv)]
         ),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "read_bandwidth_gb_s": {t: b / 1e9 for t, b in bandwidths.items()},
-            # How idle OpenMP workers wait: on a busy machine it decides 2-thread timings.
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (runtime default)"),
-            "load_average_at_start_and_end": [load_at_start, load_average()],
-        },
+        "machine": machine_record(
+            args.threads[0],
+            thread_counts=args.threads,
+            read_bandwidth_gb_s={t: b / 1e9 for t, b in bandwidths.items()},
+            load_average_start=load_at_start,
+        ),
         "context": args.context,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,

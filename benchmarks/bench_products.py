@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE
+from benchmarks.machine import machine_record
 from kernels.blas_linear import blas_linear
 from kernels.onednn_linear import onednn_linear, onednn_linear_usable
 
@@ -42,18 +41,6 @@ def layer_matrices(layers: int) -> list[torch.Tensor]:
     shapes += [(inner, hidden), (inner, hidden), (hidden, inner)]
     generator = torch.Generator().manual_seed(0)
     return [torch.randn(shape, generator=generator) for _ in range(layers) for shape in shapes]
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,14 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "x·Wᵀ over a decoder layer's seven matrices, per library",
         "shape": f"qwen2.5-coder-0.5b, {args.layers} layers, float32 as loaded",
         "weight_bytes": weight_bytes,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "flags": cpu_flags(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"),
-        },
+        "machine": machine_record(args.threads),
         "repeats": args.repeats,
         "results": rows_out,
     }

@@ -1,0 +1,87 @@
+"""The machine a benchmark ran on, recorded the same way in every results file.
+
+CPU timings here depend on the processor and its flags (AVX-512, AMX), the threads, how idle
+OpenMP and OpenBLAS workers wait (cache_engine/model/cpu_threading.py), the load from other jobs
+and the memory bandwidth of the hour. Each benchmark writes `machine_record(...)` under
+"machine", with its own measurements added, so two results files can be compared key by key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CPU_FLAGS_OF_INTEREST = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+UNSET = "unset"
+
+
+def cpu_description() -> dict[str, Any]:
+    """The processor's name, its logical CPUs and which of `CPU_FLAGS_OF_INTEREST` it has."""
+    model_name = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model_name in ("", platform.machine()):
+            model_name = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {
+        "model": model_name,
+        "logical_cpus": os.cpu_count(),
+        "flags": {flag: flag in flags for flag in CPU_FLAGS_OF_INTEREST},
+    }
+
+
+def machine_record(threads: int, **measured: Any) -> dict[str, Any]:
+    """What every results file says about its machine; `measured` adds the benchmark's own
+    facts (a bandwidth, the load at its end, a note)."""
+    return {
+        "cpu": cpu_description(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", UNSET),
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", UNSET),
+        # Other jobs skew CPU timings; the load average when the results were written says how much.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        **measured,
+    }
+
+
+def streaming_read_bandwidth(threads: int, gib: float = 1.0, reads: int = 7) -> dict[str, Any]:
+    """Bytes per second of a reduction over a buffer far larger than the caches, with `threads`
+    threads (left set): the best of `reads`, after one read that faults the pages in."""
+    torch.set_num_threads(threads)
+    buffer = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    buffer.sum()
+    best = math.inf
+    for _ in range(reads):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    nbytes = buffer.nbytes
+    del buffer
+    return {
+        "method": f"torch.sum over a {gib:g} GiB float32 tensor, {threads} threads, best of {reads}",
+        "bytes": nbytes,
+        "best_seconds": best,
+        "bytes_per_second": nbytes / best,
+    }
