@@ -179,8 +179,10 @@ def junk_start(suggestion: str, truth: str, text: str, cursor: int) -> bool:
         return False
     if _COMMENT_STUTTER.match(suggestion):
         return True
-    # A suggestion that starts inside a word is judged by the whole word.
-    before = re.search(r"[A-Za-z0-9_]*$", text[:cursor])
+    # A suggestion that starts inside a word is judged by the whole word. \Z, not $: $ also
+    # matches before a final newline, which glued the last word of the line above onto
+    # suggestions at unindented line starts.
+    before = re.search(r"[A-Za-z0-9_]*\Z", text[:cursor])
     partial = before.group(0) if before is not None else ""
     head = partial + suggestion if suggestion[:1].isalnum() or suggestion[:1] == "_" else suggestion
     head = head.lstrip()
