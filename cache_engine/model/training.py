@@ -9,12 +9,14 @@
                                                      # go on with a committed, unfinished run
     python -m cache_engine.model.training --export-only --average-last 2
                                         # export the mean of the newest two weight snapshots
+    python -m cache_engine.model.training --export-only --average-steps 2050 2300 2500
+                                        # export the mean of the snapshots at these steps
 
 Everything is seeded, and batch k depends only on the seed and k, so a resumed run sees the
 batches it would have seen. Checkpoints (model, optimizer, step, RNG, log) go to
 --checkpoint-dir every --checkpoint-every steps, and a run picks up from the newest one there.
-The weights alone are also kept every --snapshot-every steps, for --average-last
-(`weight_averaging.py`).
+The weights alone are also kept every --snapshot-every steps, for --average-last and
+--average-steps (`weight_averaging.py`); an averaged export's log ends at its newest snapshot.
 The finished model is exported to --output (the packaged default model folder) as safetensors.
 
 Batches mix plain chunks of source with fill-in-the-middle samples cut where editors ask for
@@ -52,7 +54,12 @@ from cache_engine.model.corpus import (
 )
 from cache_engine.model.fim_samples import FimLayout, fim_ids, split_for_fim
 from cache_engine.model.loading import DEFAULT_MODEL_DIR
-from cache_engine.model.weight_averaging import latest_snapshots, load_average, save_snapshot
+from cache_engine.model.weight_averaging import (
+    chosen_snapshots,
+    latest_snapshots,
+    load_average,
+    save_snapshot,
+)
 from kernels.onednn_linear import route_linears_through_onednn
 
 VOCAB_SIZE = 4096
@@ -272,6 +279,8 @@ def train(args: argparse.Namespace) -> None:
             step, log = int(saved["steps"]), list(saved["log"])
             rewarm_until = step + args.warmup
             print(f"continuing its run at step {step}")
+    if args.average_steps and args.average_last > 1:
+        raise SystemExit("give --average-last or --average-steps, not both")
     if args.export_only:
         export(model, tokenizer, log, args, step=step, train_minutes=None)
         return
@@ -351,11 +360,18 @@ def export(
 ) -> None:
     output: Path = args.output
     averaged_steps = None
-    if args.average_last > 1:
+    chosen = None
+    if args.average_steps:
+        chosen = chosen_snapshots(args.checkpoint_dir, args.average_steps)
+    elif args.average_last > 1:
         chosen = latest_snapshots(args.checkpoint_dir, args.average_last)
+    if chosen is not None:
         load_average(model, [path for _, path in chosen])
         averaged_steps = [snapshot_step for snapshot_step, _ in chosen]
         print(f"exporting the mean of the snapshots at steps {averaged_steps}")
+        # The weights are no newer than the newest snapshot in them.
+        step = averaged_steps[-1]
+        log = [entry for entry in log if entry.get("step", 0) <= step]
     output.mkdir(parents=True, exist_ok=True)
     # The engine's fimLayout "auto" picks spm for models that declare it.
     model.config.fim_layouts = FIM_LAYOUTS
@@ -434,6 +450,14 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=1,
         help="export the mean of the newest this many snapshots instead of the current weights",
+    )
+    parser.add_argument(
+        "--average-steps",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="STEP",
+        help="export the mean of the snapshots at these steps instead of the current weights",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR)
     train(parser.parse_args(argv))

@@ -55,6 +55,21 @@ def latest_snapshots(directory: Path, count: int) -> list[tuple[int, Path]]:
     return found[-count:]
 
 
+def chosen_snapshots(directory: Path, steps: Sequence[int]) -> list[tuple[int, Path]]:
+    """The snapshots at `steps`, oldest first; a clear error naming any step without one."""
+    if not steps:
+        raise ValueError("an average needs at least one snapshot")
+    found = dict(snapshots(directory))
+    missing = sorted(set(steps) - set(found))
+    if missing:
+        held = ", ".join(str(step) for step in found) or "none"
+        raise ValueError(
+            f"no snapshot at step {', '.join(str(step) for step in missing)} in {directory} "
+            f"(it holds steps: {held})"
+        )
+    return [(step, found[step]) for step in sorted(set(steps))]
+
+
 def load_average(model: torch.nn.Module, paths: Sequence[Path]) -> None:
     """Set `model`'s weights to the mean of the snapshots at `paths`, summed in float64.
 

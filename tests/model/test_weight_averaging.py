@@ -14,6 +14,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from cache_engine.model.loading import DEFAULT_MODEL_DIR
 from cache_engine.model.training import export
 from cache_engine.model.weight_averaging import (
+    chosen_snapshots,
     latest_snapshots,
     load_average,
     save_snapshot,
@@ -56,6 +57,19 @@ def test_asking_for_more_snapshots_than_there_are_names_both(tmp_path: Path) -> 
         latest_snapshots(tmp_path, 0)
 
 
+def test_chosen_steps_are_found_in_order_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    model = tiny_model("llama")
+    for step in (250, 500, 750):
+        save_snapshot(model, tmp_path, step)
+    assert [step for step, _ in chosen_snapshots(tmp_path, [750, 250])] == [250, 750]
+    with pytest.raises(
+        ValueError, match=r"no snapshot at step 300, 900 .*holds steps: 250, 500, 750"
+    ):
+        chosen_snapshots(tmp_path, [250, 900, 300])
+    with pytest.raises(ValueError, match="at least one"):
+        chosen_snapshots(tmp_path, [])
+
+
 def test_a_snapshot_of_another_shape_leaves_the_model_as_it_was(tmp_path: Path) -> None:
     save_snapshot(tiny_model("llama", seed=1), tmp_path, 1)
     save_snapshot(tiny_model("llama", seed=2, hidden_size=32), tmp_path, 2)
@@ -81,6 +95,7 @@ def test_export_writes_the_mean_and_says_which_steps(tmp_path: Path) -> None:
         output=tmp_path / "export",
         checkpoint_dir=runs,
         average_last=2,
+        average_steps=None,
         init_from=None,
         continue_run=False,
         batch_size=8,
@@ -88,14 +103,26 @@ def test_export_writes_the_mean_and_says_which_steps(tmp_path: Path) -> None:
         lr=1e-3,
         seed=0,
     )
-    export(current, tokenizer, [], args, step=760, train_minutes=None)
+    log = [{"step": 500, "train_loss": 2.0}, {"step": 760, "train_loss": 1.9}]
+    export(current, tokenizer, log, args, step=760, train_minutes=None)
     written = load_file(str(args.output / "model.safetensors"))
     second, third = snapshots_taken[1].state_dict(), snapshots_taken[2].state_dict()
     for name, tensor in written.items():
         torch.testing.assert_close(tensor, (second[name] + third[name]) / 2, rtol=0, atol=1e-7)
     summary = json.loads((args.output / "training_log.json").read_text())
     assert summary["averaged_snapshot_steps"] == [500, 750]
-    assert summary["steps"] == 760
+    # The exported weights are those of step 750 at the newest: the log stops there too.
+    assert summary["steps"] == 750
+    assert [entry["step"] for entry in summary["log"]] == [500]
+
+    args.average_last, args.average_steps = 1, [250, 750]
+    export(current, tokenizer, log, args, step=760, train_minutes=None)
+    written = load_file(str(args.output / "model.safetensors"))
+    first = snapshots_taken[0].state_dict()
+    for name, tensor in written.items():
+        torch.testing.assert_close(tensor, (first[name] + third[name]) / 2, rtol=0, atol=1e-7)
+    summary = json.loads((args.output / "training_log.json").read_text())
+    assert summary["averaged_snapshot_steps"] == [250, 750]
 
 
 def test_the_model_card_says_the_weights_are_a_mean() -> None:
