@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from benchmarks.machine import machine_record
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 from cache_engine.model.corpus import collect_sources
@@ -168,11 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "edit + next-token prediction",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
+        "machine": machine_record(args.threads),
         "shape": shape,
         "rows": rows,
     }

@@ -68,7 +68,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import random
 import shutil
 import statistics
@@ -85,7 +84,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, document_ids, shaped_model
-from benchmarks.machine import machine_record, streaming_read_bandwidth
+from benchmarks.machine import load_average, machine_record, streaming_read_bandwidth
 from cache_engine.completion.prompt_layout import FimMarkers, assemble
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.kv.editable_cache import EditableCache
@@ -1085,7 +1084,7 @@ def main(argv: list[str] | None = None) -> None:
     _llama_cpp()  # fail early, before minutes of model building, when the extra is missing
 
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
+    load_start = load_average()
     if args.model == "default":
         loaded = load_model("default")
         model, tokenizer, shape = loaded.model, loaded.tokenizer, None

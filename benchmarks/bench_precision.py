@@ -31,7 +31,6 @@ import argparse
 import copy
 import itertools
 import json
-import os
 import random
 import statistics
 import sys
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
-from benchmarks.machine import machine_record, streaming_read_bandwidth
+from benchmarks.machine import load_average, machine_record, streaming_read_bandwidth
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
 from cache_engine.model.corpus import collect_sources
@@ -69,10 +68,6 @@ def at_precision(model: nn.Module, precision: str) -> nn.Module:
 
 def tensor_bytes(module: nn.Module) -> int:
     return sum(t.nbytes for t in itertools.chain(module.parameters(), module.buffers()))
-
-
-def load_average() -> list[float]:
-    return [round(load, 2) for load in os.getloadavg()]
 
 
 def measure_speed(
@@ -274,8 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             ["python -m benchmarks.bench_precision", *(sys.argv[1:] if argv is None else argv)]
         ),
         "machine": machine_record(
-            args.threads[0],
-            thread_counts=args.threads,
+            args.threads,
             read_bandwidth_gb_s={t: b / 1e9 for t, b in bandwidths.items()},
             load_average_start=load_at_start,
         ),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.machine import machine_record
 from cache_engine.completion.engine import CompletionEngine
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.model.loading import LoadedModel, load_model
@@ -270,7 +270,7 @@ def main() -> None:
     result = {
         "model": loaded.name,
         "model_fim_layouts": list(CompletionEngine(loaded, base).model_fim_layouts),
-        "machine": {"processor": platform.processor(), "threads": args.threads},
+        "machine": machine_record(args.threads),
         "files": list(files),
         "keystrokes_per_policy": sum(len(s[2]) for s in scripts),
         "pause": {"every_keystrokes": PAUSE_EVERY, "ms": PAUSE_MS},

@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from benchmarks.machine import machine_record
 from cache_engine.kv.editable_cache import STRATEGIES, EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 from cache_engine.model.corpus import collect_sources
@@ -602,11 +603,7 @@ def run(loaded: LoadedModel, settings: Settings, *, progress: bool = True) -> di
     return {
         "settings": asdict(settings),
         "model": describe_model(loaded, flops),
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine_record(torch.get_num_threads(), platform=platform.platform()),
         "sources": [s.name for s in sources],
         "seconds": time.perf_counter() - started,
         "planned": len(plan),

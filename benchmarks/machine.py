@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,11 @@ import torch
 
 CPU_FLAGS_OF_INTEREST = (
     "avx2",
+    "fma",
+    "avx_vnni",
     "avx512f",
+    "avx512bw",
+    "avx512vl",
     "avx512_vnni",
     "avx512_bf16",
     "amx_tile",
@@ -51,19 +56,27 @@ def cpu_description() -> dict[str, Any]:
     }
 
 
-def machine_record(threads: int, **measured: Any) -> dict[str, Any]:
-    """What every results file says about its machine; `measured` adds the benchmark's own
-    facts (a bandwidth, the load at its end, a note)."""
-    return {
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages: other jobs skew CPU timings by about this."""
+    return [round(load, 2) for load in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def machine_record(threads: int | Sequence[int], **measured: Any) -> dict[str, Any]:
+    """What every results file says about its machine, written when the results are: `threads`
+    is the thread count, or the counts a sweep ran; `measured` adds the benchmark's own facts
+    (a bandwidth, the load when it started, a note), and may not replace these."""
+    record = {
         "cpu": cpu_description(),
-        "threads": threads,
+        "threads": threads if isinstance(threads, int) else list(threads),
         "torch": torch.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", UNSET),
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", UNSET),
-        # Other jobs skew CPU timings; the load average when the results were written says how much.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        **measured,
+        "load_average_end": load_average(),
     }
+    clashing = sorted(set(record) & set(measured))
+    if clashing:
+        raise ValueError(f"machine_record sets {', '.join(clashing)} itself")
+    return {**record, **measured}
 
 
 def streaming_read_bandwidth(threads: int, gib: float = 1.0, reads: int = 7) -> dict[str, Any]:
@@ -80,7 +93,8 @@ def streaming_read_bandwidth(threads: int, gib: float = 1.0, reads: int = 7) -> 
     nbytes = buffer.nbytes
     del buffer
     return {
-        "method": f"torch.sum over a {gib:g} GiB float32 tensor, {threads} threads, best of {reads}",
+        "method": f"torch.sum over a {gib:g} GiB float32 tensor, best of {reads}",
+        "threads": threads,
         "bytes": nbytes,
         "best_seconds": best,
         "bytes_per_second": nbytes / best,

@@ -33,7 +33,6 @@ import importlib.util
 import io
 import json
 import keyword
-import platform
 import random
 import re
 import sys
@@ -46,6 +45,7 @@ from typing import Literal
 
 import torch
 
+from benchmarks.machine import machine_record
 from cache_engine.completion.engine import CompletionEngine
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.model.corpus import EVALUATION_PACKAGES, is_generated
@@ -182,8 +182,7 @@ def junk_start(suggestion: str, truth: str, text: str, cursor: int) -> bool:
     # A suggestion that starts inside a word is judged by the whole word. \Z, not $: $ also
     # matches before a final newline, which glued the last word of the line above onto
     # suggestions at unindented line starts.
-    before = re.search(r"[A-Za-z0-9_]*\Z", text[:cursor])
-    partial = before.group(0) if before is not None else ""
+    partial = re.search(r"[A-Za-z0-9_]*\Z", text[:cursor]).group(0)  # type: ignore[union-attr]
     head = partial + suggestion if suggestion[:1].isalnum() or suggestion[:1] == "_" else suggestion
     head = head.lstrip()
     known = set(_IDENTIFIER.findall(text)) | _LANGUAGE_NAMES
@@ -450,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     result = {
         "model": args.model,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
+        "machine": machine_record(args.threads),
         "places": [asdict(p) for p in places],
         "configurations": configurations,
         "chosen_from_curve": chosen,

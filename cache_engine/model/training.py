@@ -279,14 +279,14 @@ def train(args: argparse.Namespace) -> None:
             step, log = int(saved["steps"]), list(saved["log"])
             rewarm_until = step + args.warmup
             print(f"continuing its run at step {step}")
-    if args.average_steps and args.average_last > 1:
-        raise SystemExit("give --average-last or --average-steps, not both")
     if args.export_only:
         export(model, tokenizer, log, args, step=step, train_minutes=None)
         return
     # Fail before hours of training, not at the export after them.
-    if args.average_last > 1 and args.snapshot_every <= 0:
-        raise SystemExit("--average-last needs snapshots: give --snapshot-every a positive value")
+    if (args.average_last > 1 or args.average_steps) and args.snapshot_every <= 0:
+        raise SystemExit(
+            "--average-last and --average-steps need snapshots: give --snapshot-every a positive value"
+        )
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"{len(train_files)} train files ({sum(len(f.text) for f in train_files) / 1e6:.1f} MB), "
@@ -443,15 +443,17 @@ def main(argv: list[str] | None = None) -> None:
         "--snapshot-every",
         type=int,
         default=250,
-        help="keep the weights alone every this many steps (0: never), for --average-last",
+        help="keep the weights alone every this many steps (0: never), for --average-last and "
+        "--average-steps",
     )
-    parser.add_argument(
+    averaging = parser.add_mutually_exclusive_group()
+    averaging.add_argument(
         "--average-last",
         type=int,
         default=1,
         help="export the mean of the newest this many snapshots instead of the current weights",
     )
-    parser.add_argument(
+    averaging.add_argument(
         "--average-steps",
         type=int,
         nargs="+",

@@ -59,6 +59,9 @@ def chosen_snapshots(directory: Path, steps: Sequence[int]) -> list[tuple[int, P
     """The snapshots at `steps`, oldest first; a clear error naming any step without one."""
     if not steps:
         raise ValueError("an average needs at least one snapshot")
+    repeated = sorted({step for step in steps if list(steps).count(step) > 1})
+    if repeated:
+        raise ValueError(f"step {', '.join(str(step) for step in repeated)} asked more than once")
     found = dict(snapshots(directory))
     missing = sorted(set(steps) - set(found))
     if missing:
@@ -67,7 +70,7 @@ def chosen_snapshots(directory: Path, steps: Sequence[int]) -> list[tuple[int, P
             f"no snapshot at step {', '.join(str(step) for step in missing)} in {directory} "
             f"(it holds steps: {held})"
         )
-    return [(step, found[step]) for step in sorted(set(steps))]
+    return [(step, found[step]) for step in sorted(steps)]
 
 
 def load_average(model: torch.nn.Module, paths: Sequence[Path]) -> None:

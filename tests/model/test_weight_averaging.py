@@ -68,6 +68,8 @@ def test_chosen_steps_are_found_in_order_and_a_missing_one_is_named(tmp_path: Pa
         chosen_snapshots(tmp_path, [250, 900, 300])
     with pytest.raises(ValueError, match="at least one"):
         chosen_snapshots(tmp_path, [])
+    with pytest.raises(ValueError, match="step 500 asked more than once"):
+        chosen_snapshots(tmp_path, [500, 750, 500])
 
 
 def test_a_snapshot_of_another_shape_leaves_the_model_as_it_was(tmp_path: Path) -> None:
@@ -123,6 +125,8 @@ def test_export_writes_the_mean_and_says_which_steps(tmp_path: Path) -> None:
         torch.testing.assert_close(tensor, (first[name] + third[name]) / 2, rtol=0, atol=1e-7)
     summary = json.loads((args.output / "training_log.json").read_text())
     assert summary["averaged_snapshot_steps"] == [250, 750]
+    assert summary["steps"] == 750
+    assert [entry["step"] for entry in summary["log"]] == [500]
 
 
 def test_the_model_card_says_the_weights_are_a_mean() -> None:
