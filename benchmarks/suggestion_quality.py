@@ -357,23 +357,28 @@ def plot(configurations: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for configuration in configurations:
-        curve = [p for p in configuration["gate_curve"] if p["shown_rate"] > 0]
-        axis.plot(
-            [p["shown_rate"] for p in curve],
-            [p["right_start_of_shown"] for p in curve],
-            marker="o",
-            markersize=3,
-            label=configuration["name"],
-        )
-    axis.axhline(0.25, color="grey", linestyle=":", linewidth=1)
-    axis.axvline(0.30, color="grey", linestyle=":", linewidth=1)
-    axis.set_xlabel("shown rate (share of places with ghost text)")
-    axis.set_ylabel("right starts among shown (first 8 chars)")
-    axis.set_title("Suggestion quality against how often it is shown (minConfidence swept)")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
+    figure, (right_axis, junk_axis) = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    # The targets: right starts >= 25 % and junk <= 5 % of shown, shown >= 30 %.
+    for axis, metric, target, label in (
+        (right_axis, "right_start_of_shown", 0.25, "right starts among shown (first 8 chars)"),
+        (junk_axis, "junk_start_of_shown", 0.05, "junk starts among shown"),
+    ):
+        for configuration in configurations:
+            curve = [p for p in configuration["gate_curve"] if p["shown_rate"] > 0]
+            axis.plot(
+                [p["shown_rate"] for p in curve],
+                [p[metric] for p in curve],
+                marker="o",
+                markersize=3,
+                label=configuration["name"],
+            )
+        axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        axis.axvline(0.30, color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel("shown rate (share of places with ghost text)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    right_axis.legend(fontsize=8)
+    figure.suptitle("Suggestion quality against how often it is shown (minConfidence swept)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
