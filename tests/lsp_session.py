@@ -63,6 +63,24 @@ def open_document(
     )
 
 
+def change_params(
+    uri: str, version: int, start: tuple[int, int], end: tuple[int, int], text: str
+) -> types.DidChangeTextDocumentParams:
+    """A didChange that replaces (line, character) start..end with text."""
+    return types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[
+            types.TextDocumentContentChangePartial(
+                range=types.Range(
+                    start=types.Position(line=start[0], character=start[1]),
+                    end=types.Position(line=end[0], character=end[1]),
+                ),
+                text=text,
+            )
+        ],
+    )
+
+
 def change(
     client: LanguageClient,
     uri: str,
@@ -71,20 +89,7 @@ def change(
     end: tuple[int, int],
     text: str,
 ) -> None:
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(
-                        start=types.Position(line=start[0], character=start[1]),
-                        end=types.Position(line=end[0], character=end[1]),
-                    ),
-                    text=text,
-                )
-            ],
-        )
-    )
+    client.text_document_did_change(change_params(uri, version, start, end, text))
 
 
 def inline_params(uri: str, line: int, character: int) -> types.InlineCompletionParams:

@@ -19,6 +19,7 @@ from lsprotocol import types
 
 from cache_engine.model.loading import DEFAULT_MODEL_DIR
 from lsp_server.server import LaunchOptions, PieLanguageServer
+from tests.lsp_session import change_params
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / "model.safetensors").exists(),
@@ -62,30 +63,12 @@ class HeldGeneration:
         return self.complete(*args, should_stop=held_stop, **kwargs)
 
 
-def change(server: PieLanguageServer, version: int, at: types.Position, text: str) -> None:
+def edit(
+    server: PieLanguageServer, version: int, start: types.Position, end: int, text: str
+) -> None:
+    """Replace the characters of start's line from start up to column `end` with text."""
     server.change_document(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(start=at, end=at), text=text
-                )
-            ],
-        )
-    )
-
-
-def delete(server: PieLanguageServer, version: int, at: types.Position, count: int) -> None:
-    end = types.Position(line=at.line, character=at.character + count)
-    server.change_document(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(start=at, end=end), text=""
-                )
-            ],
-        )
+        change_params(URI, version, (start.line, start.character), (start.line, end), text)
     )
 
 
@@ -110,15 +93,15 @@ async def test_typing_along_a_running_generation_is_answered_from_it() -> None:
         # version, and an edit away from the suggestion, so neither the answer nor typing
         # ahead into it serves the next request, which starts a generation of its own.
         top = types.Position(line=0, character=0)
-        change(server, 2, top, "x")
-        delete(server, 3, top, 1)
+        edit(server, 2, top, 0, "x")
+        edit(server, 3, top, 1, "")
         server.engine.complete = held  # type: ignore[method-assign]
         first = asyncio.ensure_future(server.complete(URI, cursor))
         assert await asyncio.to_thread(held.entered.wait, 60), "the generation never started"
 
         # The user types the suggestion's first character while the model works on it, and
         # the editor asks again one character further on.
-        change(server, 4, cursor, predicted[0])
+        edit(server, 4, cursor, cursor.character, predicted[0])
         along = types.Position(line=cursor.line, character=cursor.character + 1)
         second = asyncio.ensure_future(server.complete(URI, along))
         await asyncio.sleep(0)  # complete() runs up to its wait for the generation
