@@ -12,6 +12,7 @@ every --snapshot-every steps beside the run's single resumable checkpoint.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def chosen_snapshots(directory: Path, steps: Sequence[int]) -> list[tuple[int, P
     """The snapshots at `steps`, oldest first; a clear error naming any step without one."""
     if not steps:
         raise ValueError("an average needs at least one snapshot")
-    repeated = sorted({step for step in steps if list(steps).count(step) > 1})
+    repeated = sorted(step for step, times in Counter(steps).items() if times > 1)
     if repeated:
         raise ValueError(f"step {', '.join(str(step) for step in repeated)} asked more than once")
     found = dict(snapshots(directory))
