@@ -161,7 +161,9 @@ class EditableCache:
 
     `blas_products` is the lean step's choice of products through numpy's BLAS (`LlamaStep`);
     None decides by device, dtype and process (kernels/blas_linear.py); `onednn_products` its
-    choice of oneDNN for passes of several rows (kernels/onednn_linear.py). `cuda_graphs` replays
+    choice of oneDNN for passes of several rows (kernels/onednn_linear.py); `compiled_step` its
+    choice of the compiled C step for one-token passes on CPU (kernels/llama_decode_cpu.py).
+    `cuda_graphs` replays
     one-token decode steps from a CUDA graph (decode_graph.py); it needs the lean step and a
     model on a CUDA device.
     """
@@ -176,6 +178,7 @@ class EditableCache:
         forward: ForwardPath = "auto",
         blas_products: bool | None = None,
         onednn_products: bool | None = None,
+        compiled_step: bool | None = None,
         cuda_graphs: bool = False,
     ):
         _check_strategy(strategy)
@@ -202,7 +205,9 @@ class EditableCache:
         self.dtype = parameter.dtype
         self._slab = _Slab(self.spec, first, self.dtype, self.device)
         self._hf_cache = SlabCache(self._slab, self.spec.num_layers)
-        self._lean_step = self._lean_step_for(forward, blas_products, onednn_products)
+        self._lean_step = self._lean_step_for(
+            forward, blas_products, onednn_products, compiled_step
+        )
         self._decode_graph: CudaGraphDecode | None = None
         if cuda_graphs:
             if self._lean_step is None:
@@ -681,13 +686,20 @@ class EditableCache:
         return output.logits[0].float()
 
     def _lean_step_for(
-        self, forward: ForwardPath, blas_products: bool | None, onednn_products: bool | None
+        self,
+        forward: ForwardPath,
+        blas_products: bool | None,
+        onednn_products: bool | None,
+        compiled_step: bool | None,
     ) -> LlamaStep | None:
         if forward == "hf":
             return None
         try:
             return LlamaStep(
-                self.model, blas_products=blas_products, onednn_products=onednn_products
+                self.model,
+                blas_products=blas_products,
+                onednn_products=onednn_products,
+                compiled_step=compiled_step,
             )
         except UnsupportedStepError:
             if forward == "lean":

@@ -32,6 +32,7 @@ and the cache keeps the transformers forward. Projections are plain `nn.Linear` 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,7 @@ from transformers import PreTrainedModel
 from cache_engine.kv.rotary import rotary_spec
 from cache_engine.model.quantization import Int8WeightOnlyLinear
 from kernels.blas_linear import blas_linear, blas_products_usable
+from kernels.llama_decode_cpu import CompiledDecodeStep, CompiledStepUnavailable, LayerTensors
 from kernels.onednn_linear import onednn_linear, onednn_linear_usable
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -150,7 +152,11 @@ class LlamaStep:
     `blas_products`: the products through numpy's BLAS (kernels/blas_linear.py); None uses it
     for float32 weights on CPU where `blas_products_usable()`. `onednn_products`: passes of
     several rows through oneDNN (kernels/onednn_linear.py); None uses it for float32 weights on
-    CPU where `onednn_linear_usable()`."""
+    CPU where `onednn_linear_usable()`. `compiled_step`: one-token passes through the compiled
+    C step (kernels/llama_decode_cpu.py); None uses it where it can be built and reproduces
+    this model (float32 on CPU, plain projections, no per-head norms) unless the environment
+    sets `PIE_LSP_COMPILED_STEP=0`; True raises UnsupportedStepError where it cannot. Why it is
+    off is in `compiled_step_off`."""
 
     def __init__(
         self,
@@ -158,6 +164,7 @@ class LlamaStep:
         *,
         blas_products: bool | None = None,
         onednn_products: bool | None = None,
+        compiled_step: bool | None = None,
     ):
         config = model.config
         label = _label(model)
@@ -208,6 +215,68 @@ class LlamaStep:
         # whole: a step slices it instead of computing the rotation.
         empty = torch.empty(0, 1, self.head_dim, dtype=self.dtype, device=self.device)
         self._rotary_table = (empty, empty)
+        self.compiled_step_off: str | None = None
+        self._compiled: CompiledDecodeStep | None = None
+        self._compiled_weights: tuple[int, ...] = ()
+        self._weights: list[torch.Tensor] = []
+        if compiled_step is None and os.environ.get("PIE_LSP_COMPILED_STEP") == "0":
+            self.compiled_step_off = "PIE_LSP_COMPILED_STEP=0"
+        elif compiled_step is False:
+            self.compiled_step_off = "compiled_step=False"
+        else:
+            try:
+                self._compiled_step()
+            except CompiledStepUnavailable as error:
+                if compiled_step:
+                    raise UnsupportedStepError(f"model {label}: {error}") from error
+                self.compiled_step_off = str(error)
+
+    def _weight_tensors(self) -> list[torch.Tensor]:
+        tensors = [self.embed, self.final_norm]
+        tensors += [n for w in self.layers for n in (w.input_norm, w.post_attention_norm)]
+        for projection in [self.lm_head] + [
+            p for w in self.layers for p in (w.q, w.k, w.v, w.o, w.gate, w.up, w.down)
+        ]:
+            if isinstance(projection, Int8WeightOnlyLinear):
+                raise CompiledStepUnavailable("the compiled step has no int8 products")
+            tensors += [t for t in projection if t is not None]
+        return tensors
+
+    def _compiled_step(self) -> CompiledDecodeStep:
+        """The compiled step over the weights' current storage, rebuilt when it moved (a
+        `store_weights_transposed`, new `.data`)."""
+        if not self._weights:
+            # The Parameter objects stay; what they hold may change.
+            self._weights = self._weight_tensors()
+        weights = tuple(t.data_ptr() for t in self._weights)
+        if self._compiled is None or weights != self._compiled_weights:
+            if any(w.q_norm is not None for w in self.layers):
+                raise CompiledStepUnavailable("the compiled step has no per-head q/k norms")
+            self._compiled = CompiledDecodeStep(
+                embed=self.embed,
+                layers=[
+                    LayerTensors(
+                        w.input_norm,
+                        w.q,
+                        w.k,
+                        w.v,
+                        w.o,
+                        w.post_attention_norm,
+                        w.gate,
+                        w.up,
+                        w.down,
+                    )
+                    for w in self.layers
+                ],
+                final_norm=self.final_norm,
+                lm_head=self.lm_head,
+                num_heads=self.num_heads,
+                num_kv_heads=self.num_kv_heads,
+                head_dim=self.head_dim,
+                eps=self.eps,
+            )
+            self._compiled_weights = weights
+        return self._compiled
 
     def _layer_weights(self, layer: torch.nn.Module, label: str) -> _LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
@@ -292,6 +361,17 @@ class LlamaStep:
             first, stop = slot, slot + n
         if first < 0 or stop > keys.shape[2]:
             raise ValueError(f"slots {first}..{stop} do not fit a slab of {keys.shape[2]} slots")
+        if n == 1 and self.compiled_step_off is None:
+            try:
+                compiled = self._compiled_step()
+            except CompiledStepUnavailable as error:
+                # The weights moved to a storage it cannot read; torch can.
+                self.compiled_step_off = str(error)
+            else:
+                cos, signed_sin = self._rotary_rows(first, stop)
+                return compiled(
+                    int(ids[0]), first, keys, values, cos, signed_sin, torch.get_num_threads()
+                )
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         groups = heads // kv_heads
         cos, signed_sin = self._rotary_rows(first, stop)

@@ -1,0 +1,462 @@
+/* One decode step of a Llama-family model (Llama, Mistral, Qwen2) for one token, in float32 on
+ * CPU, over a K/V slab: built and loaded by kernels/llama_decode_cpu.py, which holds the why.
+ *
+ * Portable C: the inner loops are `omp simd` reductions (compiled with -fopenmp-simd, which
+ * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
+ * for AVX2, AVX-512 or NEON under -march=native. Threads are this file's own pool: the calling
+ * thread plus helpers that spin between the parallel parts of a step and sleep when idle.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_THREADS 64
+/* A helper spins this long after its last task before sleeping: longer than the Python between
+ * two decode steps, far shorter than an editor's pause between requests. */
+#define SPIN_NANOSECONDS 3000000L
+/* Output columns a thread accumulates at once in a transposed ([in, out]) product. */
+#define COLUMN_BLOCK 64
+/* Slots of one K/V head taken together: 64 KB of 64-dim keys, re-read from L2 per query. */
+#define SLOT_BLOCK 256
+
+typedef struct {
+    const float *weight; /* [out, in] row-major, or [in, out] row-major when transposed */
+    const float *bias;   /* [out] or NULL */
+    int64_t transposed;
+} projection_t;
+
+typedef struct {
+    const float *input_norm, *post_attention_norm;
+    projection_t q, k, v, o, gate, up, down;
+    float *keys, *values; /* this layer's [kv_heads, capacity, head_dim] */
+} layer_t;
+
+typedef struct {
+    int64_t layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, capacity;
+    double eps;
+    const float *embed;            /* [vocab, hidden], element (t, i) at t*embed_row + i*embed_col */
+    int64_t embed_row, embed_col;
+    const float *final_norm;
+    projection_t lm_head;
+    const layer_t *layer;
+} model_t;
+
+/* ---- the pool ------------------------------------------------------------------------------ */
+
+typedef void (*task_fn)(void *context, int part, int parts);
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    atomic_int generation; /* bumped once per parallel part */
+    atomic_int remaining;  /* helpers still working on it */
+    atomic_int sleeping;
+    int helpers;
+    int parts;
+    task_fn task;
+    void *context;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static pthread_t helper_threads[MAX_THREADS];
+/* The generation a helper was started at: a task posted before it first looks is still run. */
+static int start_generation[MAX_THREADS];
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *helper_main(void *arg) {
+    int index = (int)(intptr_t)arg;
+    int seen = start_generation[index];
+    for (;;) {
+        int64_t idle_since = now_ns();
+        int generation;
+        int spins = 0;
+        while ((generation = atomic_load_explicit(&pool.generation, memory_order_acquire)) ==
+               seen) {
+            cpu_relax();
+            if (++spins == 1024) {
+                spins = 0;
+                if (now_ns() - idle_since > SPIN_NANOSECONDS) {
+                    pthread_mutex_lock(&pool.lock);
+                    atomic_fetch_add(&pool.sleeping, 1);
+                    while (atomic_load(&pool.generation) == seen)
+                        pthread_cond_wait(&pool.wake, &pool.lock);
+                    atomic_fetch_sub(&pool.sleeping, 1);
+                    pthread_mutex_unlock(&pool.lock);
+                    idle_since = now_ns();
+                }
+            }
+        }
+        seen = generation;
+        if (index < pool.parts - 1) pool.task(pool.context, index + 1, pool.parts);
+        atomic_fetch_sub_explicit(&pool.remaining, 1, memory_order_acq_rel);
+    }
+    return NULL;
+}
+
+/* Runs task(context, part, parts) for part 0..parts-1, part 0 on the calling thread. */
+static void run_parallel(task_fn task, void *context, int parts) {
+    if (parts <= 1 || pool.helpers == 0) {
+        for (int part = 0; part < parts; part++) task(context, part, parts);
+        return;
+    }
+    if (parts > pool.helpers + 1) parts = pool.helpers + 1;
+    pool.task = task;
+    pool.context = context;
+    pool.parts = parts;
+    atomic_store_explicit(&pool.remaining, pool.helpers, memory_order_relaxed);
+    /* Sequentially consistent, so that a helper going to sleep either sees it or is seen. */
+    atomic_fetch_add(&pool.generation, 1);
+    if (atomic_load(&pool.sleeping) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    task(context, 0, parts);
+    while (atomic_load_explicit(&pool.remaining, memory_order_acquire) > 0) cpu_relax();
+}
+
+/* A forked child has none of the parent's helpers. */
+static void forget_helpers(void) {
+    pool.helpers = 0;
+    atomic_store(&pool.sleeping, 0);
+}
+
+/* Starts helpers until there are threads-1 of them; returns how many threads a step may use. */
+static int pool_threads(int threads) {
+    static int fork_handler;
+    if (!fork_handler) fork_handler = pthread_atfork(NULL, NULL, forget_helpers) == 0;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    while (pool.helpers < threads - 1) {
+        start_generation[pool.helpers] = atomic_load(&pool.generation);
+        if (pthread_create(&helper_threads[pool.helpers], NULL, helper_main,
+                           (void *)(intptr_t)pool.helpers) != 0)
+            break;
+        pool.helpers++;
+    }
+    return pool.helpers + 1;
+}
+
+/* ---- arithmetic ---------------------------------------------------------------------------- */
+
+static void rms_norm(const float *x, const float *weight, float *out, int64_t n, double eps) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; i++) sum += x[i] * x[i];
+    float scale = (float)(1.0 / sqrt((double)sum / (double)n + eps));
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
+}
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+/* y[r] (+)= W[r]·x + b[r] for rows r0..r1 of a row-major [out, in] W, four rows per pass. */
+static void rows_product(const projection_t *p, const float *x, float *y, int64_t in, int64_t r0,
+                         int64_t r1, int accumulate) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const float *w0 = p->weight + r * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t i = 0; i < in; i++) {
+            s0 += w0[i] * x[i];
+            s1 += w1[i] * x[i];
+            s2 += w2[i] * x[i];
+            s3 += w3[i] * x[i];
+        }
+        float s[4] = {s0, s1, s2, s3};
+        for (int j = 0; j < 4; j++) {
+            float value = s[j] + (p->bias ? p->bias[r + j] : 0.0f);
+            y[r + j] = accumulate ? y[r + j] + value : value;
+        }
+    }
+    for (; r < r1; r++) {
+        float value = dot(p->weight + r * in, x, in) + (p->bias ? p->bias[r] : 0.0f);
+        y[r] = accumulate ? y[r] + value : value;
+    }
+}
+
+/* The same for W stored [in, out] row-major: columns r0..r1 accumulated a block at a time. */
+static void columns_product(const projection_t *p, const float *x, float *y, int64_t in,
+                            int64_t out, int64_t r0, int64_t r1, int accumulate) {
+    for (int64_t c0 = r0; c0 < r1; c0 += COLUMN_BLOCK) {
+        int64_t width = r1 - c0 < COLUMN_BLOCK ? r1 - c0 : COLUMN_BLOCK;
+        float sum[COLUMN_BLOCK] = {0};
+        for (int64_t i = 0; i < in; i++) {
+            const float *w = p->weight + i * out + c0;
+            float xi = x[i];
+#pragma omp simd
+            for (int64_t c = 0; c < width; c++) sum[c] += xi * w[c];
+        }
+        for (int64_t c = 0; c < width; c++) {
+            float value = sum[c] + (p->bias ? p->bias[c0 + c] : 0.0f);
+            y[c0 + c] = accumulate ? y[c0 + c] + value : value;
+        }
+    }
+}
+
+static void product_range(const projection_t *p, const float *x, float *y, int64_t in,
+                          int64_t out, int64_t r0, int64_t r1, int accumulate) {
+    if (r0 >= r1) return;
+    if (p->transposed)
+        columns_product(p, x, y, in, out, r0, r1, accumulate);
+    else
+        rows_product(p, x, y, in, r0, r1, accumulate);
+}
+
+/* A part's share of out rows, in whole column blocks so transposed parts never split one. */
+static void share(int64_t out, int part, int parts, int64_t *r0, int64_t *r1) {
+    int64_t blocks = (out + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+    int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
+    *r0 = b0 * COLUMN_BLOCK < out ? b0 * COLUMN_BLOCK : out;
+    *r1 = b1 * COLUMN_BLOCK < out ? b1 * COLUMN_BLOCK : out;
+}
+
+/* exp(x) for x <= 0 to about 2 ulp, branch-free so that its loops vectorize: 2^n · 2^f with
+ * f in [-0.5, 0.5] from a degree-6 polynomial, 2^n built in the exponent bits. */
+static inline float exp_nonpositive(float x) {
+    float t = x * 1.44269504088896341f;
+    t = t < -126.0f ? -126.0f : t;
+    float n = __builtin_roundf(t);
+    float f = t - n;
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* ---- the parallel parts of a step ---------------------------------------------------------- */
+
+typedef struct {
+    const projection_t *projection[3];
+    float *y[3];
+    int64_t out[3];
+    int count;
+    const float *x;
+    int64_t in;
+    int accumulate;
+} products_t;
+
+static void products_task(void *context, int part, int parts) {
+    products_t *c = context;
+    for (int j = 0; j < c->count; j++) {
+        int64_t r0, r1;
+        share(c->out[j], part, parts, &r0, &r1);
+        product_range(c->projection[j], c->x, c->y[j], c->in, c->out[j], r0, r1, c->accumulate);
+    }
+}
+
+typedef struct {
+    const layer_t *layer;
+    const float *h;
+    float *gate, *up;
+    int64_t hidden, intermediate;
+} mlp_in_t;
+
+/* gate and up for the same rows, then silu(gate)·up there, so no barrier between them. */
+static void mlp_in_task(void *context, int part, int parts) {
+    mlp_in_t *c = context;
+    int64_t r0, r1;
+    share(c->intermediate, part, parts, &r0, &r1);
+    product_range(&c->layer->gate, c->h, c->gate, c->hidden, c->intermediate, r0, r1, 0);
+    product_range(&c->layer->up, c->h, c->up, c->hidden, c->intermediate, r0, r1, 0);
+    float *gate = c->gate;
+    const float *up = c->up;
+#pragma omp simd
+    for (int64_t r = r0; r < r1; r++) {
+        /* silu(g) = g·σ(g), with σ from exp(−|g|) <= 1 on either side of 0. */
+        float g = gate[r];
+        float e = exp_nonpositive(g < 0.0f ? g : -g);
+        float sigmoid = g < 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
+        gate[r] = g * sigmoid * up[r];
+    }
+}
+
+typedef struct {
+    const float *q; /* [heads, head_dim], rotated */
+    const float *keys, *values;
+    float *out;    /* [heads, head_dim] */
+    float *scores; /* [heads, capacity] */
+    int64_t heads, kv_heads, head_dim, capacity, length;
+} attention_t;
+
+/* One K/V head's attention for its group of query heads, with head_dim `d`: inlined with d a
+ * constant for the common sizes. Slots go by blocks, so that each block of keys and values is
+ * read from memory once and then re-read from L1 by each query of the group. */
+static inline __attribute__((always_inline)) void attend(
+    const float *restrict q, const float *restrict keys, const float *restrict values,
+    float *restrict out, float *restrict scores, int64_t groups, int64_t d, int64_t capacity,
+    int64_t n) {
+    float scale = (float)(1.0 / sqrt((double)d));
+    for (int64_t s0 = 0; s0 < n; s0 += SLOT_BLOCK) {
+        int64_t s1 = s0 + SLOT_BLOCK < n ? s0 + SLOT_BLOCK : n;
+        for (int64_t g = 0; g < groups; g++) {
+            const float *restrict qg = q + g * d;
+            float *restrict sg = scores + g * capacity;
+            int64_t s = s0;
+            for (; s + 4 <= s1; s += 4) {
+                const float *k0 = keys + s * d, *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+                for (int64_t i = 0; i < d; i++) {
+                    a0 += qg[i] * k0[i];
+                    a1 += qg[i] * k1[i];
+                    a2 += qg[i] * k2[i];
+                    a3 += qg[i] * k3[i];
+                }
+                sg[s] = a0 * scale;
+                sg[s + 1] = a1 * scale;
+                sg[s + 2] = a2 * scale;
+                sg[s + 3] = a3 * scale;
+            }
+            for (; s < s1; s++) sg[s] = dot(qg, keys + s * d, d) * scale;
+        }
+    }
+    for (int64_t g = 0; g < groups; g++) {
+        float *restrict sg = scores + g * capacity;
+        float top = -INFINITY;
+        for (int64_t t = 0; t < n; t++) top = sg[t] > top ? sg[t] : top;
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t t = 0; t < n; t++) {
+            float e = exp_nonpositive(sg[t] - top);
+            sg[t] = e;
+            total += e;
+        }
+        float inverse = 1.0f / total;
+#pragma omp simd
+        for (int64_t t = 0; t < n; t++) sg[t] *= inverse;
+        float *restrict og = out + g * d;
+#pragma omp simd
+        for (int64_t i = 0; i < d; i++) og[i] = 0.0f;
+    }
+    for (int64_t s0 = 0; s0 < n; s0 += SLOT_BLOCK) {
+        int64_t s1 = s0 + SLOT_BLOCK < n ? s0 + SLOT_BLOCK : n;
+        for (int64_t g = 0; g < groups; g++) {
+            const float *restrict sg = scores + g * capacity;
+            float *restrict og = out + g * d;
+            for (int64_t t = s0; t < s1; t++) {
+                const float *restrict v = values + t * d;
+                float p = sg[t];
+#pragma omp simd
+                for (int64_t i = 0; i < d; i++) og[i] += p * v[i];
+            }
+        }
+    }
+}
+
+static void attention_task(void *context, int part, int parts) {
+    attention_t *c = context;
+    int64_t groups = c->heads / c->kv_heads, d = c->head_dim, n = c->length;
+    for (int64_t kv = part; kv < c->kv_heads; kv += parts) {
+        const float *keys = c->keys + kv * c->capacity * d;
+        const float *values = c->values + kv * c->capacity * d;
+        const float *q = c->q + kv * groups * d;
+        float *out = c->out + kv * groups * d, *scores = c->scores + kv * groups * c->capacity;
+        if (d == 64)
+            attend(q, keys, values, out, scores, groups, 64, c->capacity, n);
+        else if (d == 128)
+            attend(q, keys, values, out, scores, groups, 128, c->capacity, n);
+        else
+            attend(q, keys, values, out, scores, groups, d, c->capacity, n);
+    }
+}
+
+/* rotated = x·cos + roll(x, d/2)·signed_sin, the convention of cache_engine/kv/llama_step.py. */
+static void rotate(float *x, const float *cos, const float *signed_sin, int64_t d) {
+    float rolled[1024];
+    int64_t half = d / 2;
+    for (int64_t i = 0; i < d; i++) rolled[i] = x[(i + half) % d];
+    for (int64_t i = 0; i < d; i++) x[i] = x[i] * cos[i] + rolled[i] * signed_sin[i];
+}
+
+/* ---- the step ------------------------------------------------------------------------------ */
+
+/* Scratch floats a step needs for a slab of `capacity` slots. */
+int64_t pie_decode_scratch_floats(const model_t *m) {
+    int64_t qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
+    return 2 * m->hidden + qkv + m->heads * m->head_dim + 2 * m->intermediate +
+           m->heads * m->capacity;
+}
+
+/* Runs `token` at `slot` (its position): writes its keys and values into every layer's slab at
+ * that slot and the logits [vocab] into `logits`. cos and signed_sin are the rotary rows
+ * [head_dim] of that position. Returns 0, or -1 if the arguments do not fit. */
+static pthread_mutex_t step_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void step(const model_t *m, int64_t token, int64_t slot, const float *cos,
+                 const float *signed_sin, float *logits, float *scratch, int threads);
+
+int pie_decode_step(const model_t *m, int64_t token, int64_t slot, const float *cos,
+                    const float *signed_sin, float *logits, float *scratch, int threads) {
+    if (token < 0 || token >= m->vocab || slot < 0 || slot >= m->capacity || m->head_dim > 1024 ||
+        m->kv_heads < 1 || m->heads % m->kv_heads != 0 || threads < 1)
+        return -1;
+    /* One pool: steps from two threads of the caller take turns. */
+    pthread_mutex_lock(&step_lock);
+    step(m, token, slot, cos, signed_sin, logits, scratch, pool_threads(threads));
+    pthread_mutex_unlock(&step_lock);
+    return 0;
+}
+
+static void step(const model_t *m, int64_t token, int64_t slot, const float *cos,
+                 const float *signed_sin, float *logits, float *scratch, int threads) {
+    int64_t hidden = m->hidden, d = m->head_dim;
+    int64_t q_size = m->heads * d, kv_size = m->kv_heads * d;
+    float *x = scratch, *h = x + hidden, *q = h + hidden, *k = q + q_size, *v = k + kv_size;
+    float *attended = v + kv_size, *gate = attended + q_size, *up = gate + m->intermediate;
+    float *scores = up + m->intermediate;
+    for (int64_t i = 0; i < hidden; i++) x[i] = m->embed[token * m->embed_row + i * m->embed_col];
+    for (int64_t l = 0; l < m->layers; l++) {
+        const layer_t *w = &m->layer[l];
+        rms_norm(x, w->input_norm, h, hidden, m->eps);
+        products_t qkv = {{&w->q, &w->k, &w->v}, {q, k, v}, {q_size, kv_size, kv_size}, 3, h,
+                          hidden, 0};
+        run_parallel(products_task, &qkv, threads);
+        for (int64_t head = 0; head < m->heads; head++) rotate(q + head * d, cos, signed_sin, d);
+        for (int64_t head = 0; head < m->kv_heads; head++) {
+            rotate(k + head * d, cos, signed_sin, d);
+            memcpy(w->keys + (head * m->capacity + slot) * d, k + head * d, d * sizeof(float));
+            memcpy(w->values + (head * m->capacity + slot) * d, v + head * d, d * sizeof(float));
+        }
+        attention_t attention = {q,         w->keys,     w->values,  attended, scores,
+                                 m->heads,  m->kv_heads, d,          m->capacity, slot + 1};
+        run_parallel(attention_task, &attention, threads);
+        products_t o = {{&w->o}, {x}, {hidden}, 1, attended, q_size, 1};
+        run_parallel(products_task, &o, threads);
+        rms_norm(x, w->post_attention_norm, h, hidden, m->eps);
+        mlp_in_t mlp = {w, h, gate, up, hidden, m->intermediate};
+        run_parallel(mlp_in_task, &mlp, threads);
+        products_t down = {{&w->down}, {x}, {hidden}, 1, gate, m->intermediate, 1};
+        run_parallel(products_task, &down, threads);
+    }
+    rms_norm(x, m->final_norm, h, hidden, m->eps);
+    products_t head = {{&m->lm_head}, {logits}, {m->vocab}, 1, h, hidden, 0};
+    run_parallel(products_task, &head, threads);
+}

@@ -1,0 +1,352 @@
+"""One-token decode steps of a Llama-family model in compiled C, on CPU in float32.
+
+A decode step reads every weight once and does little arithmetic with each. In torch it is also
+some 40 operator calls per layer, each a dispatch and, on two cores, often a wake-up of OpenMP
+workers, and SDPA's CPU kernel for one query over 2k slots reads the keys and values at a
+fraction of the memory bandwidth. On the default model (6 layers, 23 MB of weights) that
+overhead is most of the step; on the 0.5B shape it adds about a fifth to the weight products.
+`llama_decode_cpu.c` does the whole step in one call: the products, RMSNorm, RoPE, the K/V
+write into the slab, attention over one query per head and SiLU, with its own two-thread pool
+that spins between the parts of a step and sleeps between steps.
+
+The C file is built on first use with the machine's C compiler (`CC`, else `cc`) for this CPU
+(`-march=native`), into `$PIE_LSP_KERNEL_CACHE` or `~/.cache/pie-lsp/kernels`, under a name
+that hashes the source, the flags, the compiler and the CPU's flags, so a change to any of them
+builds anew. Without a compiler, `CompiledStepUnavailable` says why and callers keep torch.
+
+The reference is `cache_engine/kv/llama_step.LlamaStep`, the torch step it replaces for one
+token; tests/kernels/test_llama_decode_cpu.py compares the two.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("llama_decode_cpu.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-pthread")
+# rotate() in the C file holds one head in a fixed buffer.
+MAX_HEAD_DIM = 1024
+
+
+class CompiledStepUnavailable(RuntimeError):
+    """The compiled step cannot be built or used here; the message says why."""
+
+
+class _Projection(ctypes.Structure):
+    _fields_ = [
+        ("weight", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
+        ("transposed", ctypes.c_int64),
+    ]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [
+        ("input_norm", ctypes.c_void_p),
+        ("post_attention_norm", ctypes.c_void_p),
+        *((name, _Projection) for name in ("q", "k", "v", "o", "gate", "up", "down")),
+        ("keys", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+    ]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        *(
+            (name, ctypes.c_int64)
+            for name in (
+                "layers",
+                "hidden",
+                "heads",
+                "kv_heads",
+                "head_dim",
+                "intermediate",
+                "vocab",
+                "capacity",
+            )
+        ),
+        ("eps", ctypes.c_double),
+        ("embed", ctypes.c_void_p),
+        ("embed_row", ctypes.c_int64),
+        ("embed_col", ctypes.c_int64),
+        ("final_norm", ctypes.c_void_p),
+        ("lm_head", _Projection),
+        ("layer", ctypes.POINTER(_Layer)),
+    ]
+
+
+def _kernel_cache() -> Path:
+    configured = os.environ.get("PIE_LSP_KERNEL_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pie-lsp" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise CompiledStepUnavailable(f"{' '.join(command)} failed: {error}") from error
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).strip().splitlines()[:5]
+            raise CompiledStepUnavailable(
+                f"{' '.join(command)} exited {result.returncode}: {' / '.join(message)}"
+            )
+        # Another process may build the same file at the same time; either copy is whole.
+        os.replace(built, target)
+
+
+@functools.cache
+def compiled_library() -> ctypes.CDLL:
+    """The built C step, compiled on first use; raises CompiledStepUnavailable, saying why,
+    where there is no working C compiler or the CPU is not x86-64 or AArch64 Linux/macOS."""
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise CompiledStepUnavailable(f"no C compiler {compiler!r} on PATH (set CC to one)")
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.splitlines()[:1]
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise CompiledStepUnavailable(f"{compiler} --version failed: {error}") from error
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS), compiler, *version, _cpu_flags()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    target = _kernel_cache() / f"llama_decode_cpu-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        _build(compiler, target)
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as error:
+        raise CompiledStepUnavailable(f"cannot load {target}: {error}") from error
+    library.pie_decode_step.argtypes = [
+        ctypes.POINTER(_Model),
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
+    library.pie_decode_step.restype = ctypes.c_int
+    library.pie_decode_scratch_floats.argtypes = [ctypes.POINTER(_Model)]
+    library.pie_decode_scratch_floats.restype = ctypes.c_int64
+    return library
+
+
+@dataclass(frozen=True)
+class LayerTensors:
+    """One layer's weights, as the model holds them: projections [out, in] (stored in either
+    order), biases [out] or None, norms [hidden]."""
+
+    input_norm: torch.Tensor
+    q: tuple[torch.Tensor, torch.Tensor | None]
+    k: tuple[torch.Tensor, torch.Tensor | None]
+    v: tuple[torch.Tensor, torch.Tensor | None]
+    o: tuple[torch.Tensor, torch.Tensor | None]
+    post_attention_norm: torch.Tensor
+    gate: tuple[torch.Tensor, torch.Tensor | None]
+    up: tuple[torch.Tensor, torch.Tensor | None]
+    down: tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _float32_cpu(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+        raise CompiledStepUnavailable(
+            f"the compiled step reads float32 CPU tensors; {name} is {tensor.dtype} on "
+            f"{tensor.device}"
+        )
+    return tensor
+
+
+def _vector(name: str, tensor: torch.Tensor | None, size: int) -> int | None:
+    if tensor is None:
+        return None
+    _float32_cpu(name, tensor)
+    if tensor.shape != (size,) or not tensor.is_contiguous():
+        raise CompiledStepUnavailable(
+            f"{name} must be a contiguous vector of {size}, got shape {tuple(tensor.shape)}"
+        )
+    return tensor.data_ptr()
+
+
+def _projection(
+    name: str, projection: tuple[torch.Tensor, torch.Tensor | None], out: int, inputs: int
+) -> _Projection:
+    weight, bias = projection
+    _float32_cpu(name, weight)
+    if weight.shape != (out, inputs):
+        raise CompiledStepUnavailable(
+            f"{name} must be [{out}, {inputs}], got {tuple(weight.shape)}"
+        )
+    if weight.is_contiguous():
+        transposed = 0
+    elif weight.t().is_contiguous():
+        transposed = 1
+    else:
+        raise CompiledStepUnavailable(f"{name} is stored neither [out, in] nor [in, out]")
+    return _Projection(weight.data_ptr(), _vector(f"{name} bias", bias, out), transposed)
+
+
+class CompiledDecodeStep:
+    """Runs one token through the model's weights with the C step; see the module docstring.
+
+    It reads the weights where they are when built: after a change of storage (a
+    `store_weights_transposed`, new `.data`), build a new one; in-place updates are seen."""
+
+    def __init__(
+        self,
+        *,
+        embed: torch.Tensor,
+        layers: list[LayerTensors],
+        final_norm: torch.Tensor,
+        lm_head: tuple[torch.Tensor, torch.Tensor | None],
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        eps: float,
+    ):
+        self.library = compiled_library()
+        vocab, hidden = embed.shape
+        intermediate = layers[0].gate[0].shape[0] if layers else 0
+        if head_dim > MAX_HEAD_DIM or num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise CompiledStepUnavailable(
+                f"{num_heads} heads over {num_kv_heads} K/V heads of {head_dim} dims: the "
+                f"compiled step needs whole groups and at most {MAX_HEAD_DIM} dims"
+            )
+        q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+        built = []
+        for index, w in enumerate(layers):
+            at = f"layer {index}"
+            built.append(
+                _Layer(
+                    _vector(f"{at} input_norm", w.input_norm, hidden),
+                    _vector(f"{at} post_attention_norm", w.post_attention_norm, hidden),
+                    _projection(f"{at} q_proj", w.q, q_size, hidden),
+                    _projection(f"{at} k_proj", w.k, kv_size, hidden),
+                    _projection(f"{at} v_proj", w.v, kv_size, hidden),
+                    _projection(f"{at} o_proj", w.o, hidden, q_size),
+                    _projection(f"{at} gate_proj", w.gate, intermediate, hidden),
+                    _projection(f"{at} up_proj", w.up, intermediate, hidden),
+                    _projection(f"{at} down_proj", w.down, hidden, intermediate),
+                )
+            )
+        _float32_cpu("embed_tokens", embed)
+        self._layers = (_Layer * len(built))(*built)
+        self._model = _Model(
+            len(built),
+            hidden,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            intermediate,
+            vocab,
+            0,
+            eps,
+            embed.data_ptr(),
+            embed.stride(0),
+            embed.stride(1),
+            _vector("final norm", final_norm, hidden),
+            _projection("lm_head", lm_head, vocab, hidden),
+            self._layers,
+        )
+        self.vocab = vocab
+        self.shape = (len(built), num_kv_heads, head_dim)
+        # Held so that the pointers above stay valid.
+        self._tensors = (embed, layers, final_norm, lm_head)
+        self._scratch = torch.empty(0)
+        self._slab: tuple[int, int, int] = (0, 0, 0)
+
+    def __call__(
+        self,
+        token: int,
+        slot: int,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cos: torch.Tensor,
+        signed_sin: torch.Tensor,
+        threads: int,
+    ) -> torch.Tensor:
+        """Logits [1, vocab] for `token` at `slot`, whose keys and values land in keys/values
+        [layers, kv_heads, capacity, head_dim] (contiguous float32); cos and signed_sin are
+        the rotary rows of position `slot`, [head_dim] each."""
+        layers, kv_heads, head_dim = self.shape
+        for name, slab in (("keys", keys), ("values", values)):
+            _float32_cpu(name, slab)
+            if slab.dim() != 4 or (slab.shape[0], slab.shape[1], slab.shape[3]) != (
+                layers,
+                kv_heads,
+                head_dim,
+            ):
+                raise ValueError(
+                    f"{name} must be [{layers}, {kv_heads}, capacity, {head_dim}], got "
+                    f"{tuple(slab.shape)}"
+                )
+            if not slab.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+        capacity = keys.shape[2]
+        if values.shape != keys.shape:
+            raise ValueError(f"values {tuple(values.shape)} differ from keys {tuple(keys.shape)}")
+        if not 0 <= slot < capacity:
+            raise ValueError(f"slot {slot} is outside the slab's {capacity} slots")
+        if not 0 <= token < self.vocab:
+            raise ValueError(f"token {token} is outside the vocabulary of {self.vocab}")
+        for name, row in (("cos", cos), ("signed_sin", signed_sin)):
+            _float32_cpu(name, row)
+            if row.numel() != head_dim or not row.is_contiguous():
+                raise ValueError(f"{name} must be {head_dim} contiguous values")
+        model = self._model
+        slab = (keys.data_ptr(), values.data_ptr(), capacity)
+        if slab != self._slab:
+            key_base, value_base, _ = slab
+            model.capacity = capacity
+            layer_bytes = 4 * kv_heads * capacity * head_dim
+            for index in range(layers):
+                layer = self._layers[index]
+                layer.keys = key_base + index * layer_bytes
+                layer.values = value_base + index * layer_bytes
+            self._slab = slab
+        needed = self.library.pie_decode_scratch_floats(ctypes.byref(model))
+        if self._scratch.numel() < needed:
+            self._scratch = torch.empty(needed, dtype=torch.float32)
+        logits = torch.empty(1, self.vocab, dtype=torch.float32)
+        status = self.library.pie_decode_step(
+            ctypes.byref(model),
+            token,
+            slot,
+            cos.data_ptr(),
+            signed_sin.data_ptr(),
+            logits.data_ptr(),
+            self._scratch.data_ptr(),
+            threads,
+        )
+        if status != 0:
+            raise ValueError(f"the compiled step refused token {token} at slot {slot}")
+        return logits

@@ -1,0 +1,148 @@
+"""The compiled one-token step (kernels/llama_decode_cpu.c) against the torch lean step, its
+reference (cache_engine/kv/llama_step.py); tests/kv/test_llama_step.py also runs it, through
+EditableCache, against the transformers forward."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.kv.llama_step import LlamaStep, UnsupportedStepError, store_weights_transposed
+from cache_engine.model.loading import load_model
+from kernels import llama_decode_cpu
+from kernels.llama_decode_cpu import CompiledStepUnavailable, compiled_library
+from tests.model_factory import tiny_model
+
+MODELS = {
+    "llama": lambda: tiny_model("llama"),
+    "qwen2-biases": lambda: tiny_model("qwen2"),
+    # Odd sizes: nothing is a multiple of a vector, seven query heads share each K/V head.
+    "llama-odd": lambda: tiny_model(
+        "llama",
+        hidden_size=84,
+        intermediate_size=101,
+        num_attention_heads=7,
+        num_key_value_heads=1,
+        head_dim=12,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+@pytest.fixture(params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param]()
+
+
+def slab(model, capacity: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    step = LlamaStep(model, compiled_step=False)
+    shape = (model.config.num_hidden_layers, step.num_kv_heads, capacity, step.head_dim)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+
+
+def compare(model, slots: list[int], capacity: int = 150) -> None:
+    compiled = LlamaStep(model, compiled_step=True)
+    reference = LlamaStep(model, compiled_step=False)
+    assert compiled.compiled_step_off is None
+    keys, values = slab(model, capacity, 0)
+    ref_keys, ref_values = keys.clone(), values.clone()
+    rng = random.Random(1)
+    for slot in slots:
+        token = torch.tensor([rng.randrange(model.config.vocab_size)])
+        logits = compiled(token, slot, keys, values)
+        expected = reference(token, slot, ref_keys, ref_values)
+        assert logits.shape == expected.shape == (1, model.config.vocab_size)
+        torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(keys, ref_keys, atol=2e-5, rtol=0)
+        torch.testing.assert_close(values, ref_values, atol=2e-5, rtol=0)
+
+
+def test_matches_the_torch_step_at_every_kind_of_slot(model) -> None:
+    # The first slot, short and long attention spans, the slab's last slot; the slab beyond
+    # each slot holds random values that attention must not read and the write must not touch.
+    compare(model, [0, 1, 3, 64, 65, 130, 149])
+
+
+def test_matches_with_weights_stored_transposed(model) -> None:
+    compiled = LlamaStep(model, compiled_step=True)
+    keys, values = slab(model, 40, 2)
+    before = compiled(torch.tensor([3]), 20, keys.clone(), values.clone())
+    store_weights_transposed(model)
+    # The same step object sees the new storage: same values, read in the other order.
+    after = compiled(torch.tensor([3]), 20, keys.clone(), values.clone())
+    torch.testing.assert_close(after, before, atol=2e-5, rtol=1e-5)
+    compare(model, [0, 17, 39], capacity=40)
+
+
+def test_one_thread_and_two_give_the_same_bits(model) -> None:
+    compiled = LlamaStep(model, compiled_step=True)._compiled_step()
+    step = LlamaStep(model, compiled_step=False)
+    cos, signed_sin = step.rotary_table(100)
+    results = []
+    for threads in (1, 2):
+        keys, values = slab(model, 100, 3)
+        logits = compiled(5, 99, keys, values, cos[99], signed_sin[99], threads)
+        results.append((logits, keys, values))
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+def test_greedy_decoding_of_the_default_model_is_unchanged() -> None:
+    model = load_model("default").model
+    ids = random.Random(4).choices(range(model.config.vocab_size), k=700)
+    outputs = []
+    for compiled_step in (True, False):
+        cache = EditableCache(model, forward="lean", compiled_step=compiled_step)
+        assert (cache._lean_step.compiled_step_off is None) == compiled_step
+        cache.reset(ids)
+        outputs.append(cache.generate(40, lambda *_: True))
+    assert outputs[0] == outputs[1]
+
+
+def test_bad_arguments_name_the_bad_value() -> None:
+    model = tiny_model("llama")
+    compiled = LlamaStep(model, compiled_step=True)._compiled_step()
+    cos, signed_sin = LlamaStep(model, compiled_step=False).rotary_table(8)
+    keys, values = slab(model, 8, 5)
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=f"token {vocab} is outside the vocabulary of {vocab}"):
+        compiled(vocab, 0, keys, values, cos[0], signed_sin[0], 2)
+    with pytest.raises(ValueError, match="slot 8 is outside the slab's 8 slots"):
+        compiled(1, 8, keys, values, cos[0], signed_sin[0], 2)
+    with pytest.raises(ValueError, match=r"keys must be \[2, 2, capacity, 16\], got \(2, 2, 8\)"):
+        compiled(1, 0, keys[..., 0], values, cos[0], signed_sin[0], 2)
+    with pytest.raises(
+        CompiledStepUnavailable, match=r"float32 CPU tensors; keys is torch\.float64"
+    ):
+        compiled(1, 0, keys.double(), values, cos[0], signed_sin[0], 2)
+    untouched = keys.clone()
+    with pytest.raises(ValueError):
+        compiled(1, 0, keys, values[:, :, :4], cos[0], signed_sin[0], 2)
+    assert torch.equal(keys, untouched)
+
+
+def test_models_it_cannot_run_keep_the_torch_step(monkeypatch) -> None:
+    qwen3 = tiny_model("qwen3", head_dim=16)
+    assert LlamaStep(qwen3).compiled_step_off == "the compiled step has no per-head q/k norms"
+    with pytest.raises(UnsupportedStepError, match="no per-head q/k norms"):
+        LlamaStep(qwen3, compiled_step=True)
+    monkeypatch.setenv("PIE_LSP_COMPILED_STEP", "0")
+    assert LlamaStep(tiny_model("llama")).compiled_step_off == "PIE_LSP_COMPILED_STEP=0"
+
+
+def test_without_a_compiler_it_says_which(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("CC", "no-such-cc")
+    with pytest.raises(CompiledStepUnavailable, match="no C compiler 'no-such-cc' on PATH"):
+        compiled_library.__wrapped__()
+    failing = tmp_path / "failing-cc"
+    failing.write_text("#!/bin/sh\necho 'cc: error: broken' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    with pytest.raises(CompiledStepUnavailable, match="exited 3: cc: error: broken"):
+        llama_decode_cpu._build(str(failing), tmp_path / "out.so")
+    assert not (tmp_path / "out.so").exists()
