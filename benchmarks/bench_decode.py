@@ -6,9 +6,11 @@ plain transformers greedy loop, against the floor set by reading the weights onc
     python -m benchmarks.bench_decode --models default --repeats 9
 
 Each method decodes --new-tokens tokens after the same --context random token ids:
-  lean    EditableCache(forward="lean").generate: our forward over the slab (llama_step.py), with
-          its products through numpy's BLAS where it uses it (kernels/blas_linear.py)
-  lean-mkl  the same with torch's own products (MKL; blas_products=False)
+  lean    EditableCache(forward="lean").generate as shipped: each one-token step is the compiled
+          C step (kernels/llama_decode_cpu.py) where it can be built
+  lean-torch  the same with the torch step of llama_step.py (compiled_step=False), its products
+          through numpy's BLAS where it uses it (kernels/blas_linear.py)
+  lean-mkl  the torch step with torch's own products (MKL; blas_products=False)
   hf      EditableCache(forward="hf").generate: the transformers forward through SlabCache
   plain   model(input_ids=[[token]], cache=DynamicCache) in a loop, argmax, nothing else
 ms/token is a run's time over its forward passes (the first token comes from the prefill's
@@ -40,7 +42,7 @@ from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
 from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"
-METHODS = ("lean", "lean-mkl", "hf", "plain")
+METHODS = ("lean", "lean-torch", "lean-mkl", "hf", "plain")
 
 
 def engine_decoder(
@@ -49,6 +51,7 @@ def engine_decoder(
     new_tokens: int,
     forward: str,
     blas_products: bool | None = None,
+    compiled_step: bool | None = None,
 ):
     cache = EditableCache(
         model,
@@ -56,6 +59,7 @@ def engine_decoder(
         initial_capacity=len(ids) + new_tokens + 16,
         forward=forward,
         blas_products=blas_products,
+        compiled_step=compiled_step,
     )
     cache.reset(ids)
 
@@ -110,7 +114,10 @@ def run_model(
     started = time.perf_counter()
     decoders: dict[str, Callable[[], list[int]]] = {
         "lean": engine_decoder(model, ids, args.new_tokens, "lean"),
-        "lean-mkl": engine_decoder(model, ids, args.new_tokens, "lean", blas_products=False),
+        "lean-torch": engine_decoder(model, ids, args.new_tokens, "lean", compiled_step=False),
+        "lean-mkl": engine_decoder(
+            model, ids, args.new_tokens, "lean", blas_products=False, compiled_step=False
+        ),
         "hf": engine_decoder(model, ids, args.new_tokens, "hf"),
         "plain": plain_decoder(model, ids, args.new_tokens),
     }
@@ -119,6 +126,7 @@ def run_model(
     )
     step = LlamaStep(model)
     decoders_blas = step.blas_products
+    compiled_off = step.compiled_step_off
     weight_bytes = step.weight_bytes_per_step()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_bytes = (
@@ -147,7 +155,11 @@ def run_model(
                 "lean_over_plain": ms["lean"] / ms["plain"],
                 "hf_over_plain": ms["hf"] / ms["plain"],
                 "lean_over_weight_floor": ms["lean"] / floor_ms,
-                "lean_uses_blas_products": decoders_blas,
+                "lean_torch_over_plain": ms["lean-torch"] / ms["plain"],
+                "lean_torch_over_weight_floor": ms["lean-torch"] / floor_ms,
+                "lean_uses_compiled_step": compiled_off is None,
+                "compiled_step_off": compiled_off,
+                "lean_torch_uses_blas_products": decoders_blas,
                 "same_tokens": len({tuple(t) for t in tokens.values()}) == 1,
             }
         )
@@ -184,15 +196,15 @@ def qwen_weight_bytes(layers: int) -> int:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "| model | weights | layers | lean ms | lean-mkl ms | hf ms | plain ms | floor ms "
-        "| lean/plain | lean/floor |"
+        "| model | weights | layers | lean ms | lean-torch ms | lean-mkl ms | hf ms | plain ms "
+        "| floor ms | lean/plain | lean/floor |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ms = r["ms_per_token"]
         print(
             f"| {r['model']} | {r['weights']} | {r['layers']} | {ms['lean']:.2f} | "
-            f"{ms['lean-mkl']:.2f} | {ms['hf']:.2f} | {ms['plain']:.2f} | "
+            f"{ms['lean-torch']:.2f} | {ms['lean-mkl']:.2f} | {ms['hf']:.2f} | {ms['plain']:.2f} | "
             f"{r['weight_read_floor_ms']:.2f} | {r['lean_over_plain']:.2f} | "
             f"{r['lean_over_weight_floor']:.2f} |"
         )

@@ -8,7 +8,8 @@ both under one policy. Sleeping workers (PASSIVE) are what pie-lsp's BLAS decode
 quiet machine. Here each policy gets its own process (this script re-runs itself), and in each
 the two engines decode 24 tokens from the same 2,048-token cache of the Qwen2.5-Coder-0.5B shape
 (random f32 weights, GGUF f32 for llama.cpp), taking turns. pie-lsp runs as the server would
-under that policy: BLAS products when PASSIVE, else MKL over transposed weights. Results go to
+under that policy: its compiled one-token step (kernels/llama_decode_cpu.py) where it can be
+built, else the torch step with BLAS products when PASSIVE or MKL over transposed weights. Results go to
 benchmarks/results/decode_peer.json. Run on a quiet machine.
 """
 
@@ -74,7 +75,11 @@ def measure(repeats: int, threads: int) -> dict:
             samples[name].append((time.perf_counter() - started) * 1000 / 24)
     path.unlink()
     return {
-        "pie_lsp_products": "numpy BLAS" if blas_products_usable() else "torch MKL, transposed",
+        "pie_lsp_step": (
+            "compiled C step (kernels/llama_decode_cpu.py)"
+            if cache._lean_step.compiled_step_off is None
+            else "torch step, " + ("numpy BLAS" if blas_products_usable() else "MKL, transposed")
+        ),
         "ms_per_token": {name: statistics.median(values) for name, values in samples.items()},
         "samples_ms_per_token": samples,
     }
