@@ -245,6 +245,13 @@ class EditableCache:
         return self._slab.capacity
 
     @property
+    def compiled_one_token_steps(self) -> bool:
+        """Whether one-token passes run the compiled C step (kernels/llama_decode_cpu.py),
+        while passes of several rows stay in torch."""
+        step = self._lean_step
+        return step is not None and step.compiled_step_off is None and self._decode_graph is None
+
+    @property
     def forward_path(self) -> Literal["lean", "hf"]:
         """The forward pass in use (`auto` resolved)."""
         return "hf" if self._lean_step is None else "lean"

@@ -333,3 +333,20 @@ def test_healing_tokens_do_not_count_against_max_new_tokens(engine) -> None:
 def test_cuda_graphs_need_a_model_on_a_cuda_device(loaded_random_model) -> None:
     with pytest.raises(ValueError, match="CUDA device, not cpu"):
         CompletionEngine(loaded_random_model, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_drafts_are_verified_only_where_one_token_steps_are_not_compiled(
+    loaded_random_model, monkeypatch, compiled: bool
+) -> None:
+    if not compiled:
+        monkeypatch.setenv("PIE_LSP_COMPILED_STEP", "0")
+    settings = CompletionSettings(max_new_tokens=24, max_prompt_tokens=256, speculative_tokens=4)
+    engine = CompletionEngine(loaded_random_model, settings)
+    engine.open_document(URI, SOURCE, 1, "python")
+    engine.complete(URI, SOURCE.index("    return value") + len("    return value"))
+    region = engine.active_region(URI)
+    assert region is not None and region.cache is not None
+    assert region.cache.compiled_one_token_steps is compiled
+    drafted = engine.stats(URI)[URI]["speculative_drafted_total"]
+    assert (drafted == 0) is compiled
