@@ -8,6 +8,7 @@ inline completion, close, shutdown, exit.
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -124,5 +125,12 @@ async def test_writes_nothing_but_its_log(tiny_model_dir: Path, tmp_path: Path) 
     finally:
         await server.kill()
     written = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
-    assert written == ["server.log"]
+    # Besides its log, the compiled decode step's build cache (kernels/llama_decode_cpu.py).
+    kernels = [w for w in written if w.startswith("pie-lsp")]
+    assert kernels[:2] == ["pie-lsp", "pie-lsp/kernels"]
+    assert all(
+        re.fullmatch(r"pie-lsp/kernels/llama_decode_cpu-[0-9a-f]{16}\.so", k) for k in kernels[2:]
+    )
+    assert len(kernels) == 3
+    assert [w for w in written if not w.startswith("pie-lsp")] == ["server.log"]
     assert log_file.stat().st_size > 0
