@@ -169,21 +169,31 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return sum;
 }
 
+/* out[j] = rows[j]·x for the four consecutive rows of n values at `rows`: four independent
+ * sums, so that one pass over x feeds four FMA chains. */
+static inline void dot_four_rows(const float *rows, const float *x, int64_t n, float out[4]) {
+    const float *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t i = 0; i < n; i++) {
+        s0 += r0[i] * x[i];
+        s1 += r1[i] * x[i];
+        s2 += r2[i] * x[i];
+        s3 += r3[i] * x[i];
+    }
+    out[0] = s0;
+    out[1] = s1;
+    out[2] = s2;
+    out[3] = s3;
+}
+
 /* y[r] (+)= W[r]·x + b[r] for rows r0..r1 of a row-major [out, in] W, four rows per pass. */
 static void rows_product(const projection_t *p, const float *x, float *y, int64_t in, int64_t r0,
                          int64_t r1, int accumulate) {
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
-        const float *w0 = p->weight + r * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int64_t i = 0; i < in; i++) {
-            s0 += w0[i] * x[i];
-            s1 += w1[i] * x[i];
-            s2 += w2[i] * x[i];
-            s3 += w3[i] * x[i];
-        }
-        float s[4] = {s0, s1, s2, s3};
+        float s[4];
+        dot_four_rows(p->weight + r * in, x, in, s);
         for (int j = 0; j < 4; j++) {
             float value = s[j] + (p->bias ? p->bias[r + j] : 0.0f);
             y[r + j] = accumulate ? y[r + j] + value : value;
@@ -321,19 +331,9 @@ static inline __attribute__((always_inline)) void attend(
             float *restrict sg = scores + g * capacity;
             int64_t s = s0;
             for (; s + 4 <= s1; s += 4) {
-                const float *k0 = keys + s * d, *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
-                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-                for (int64_t i = 0; i < d; i++) {
-                    a0 += qg[i] * k0[i];
-                    a1 += qg[i] * k1[i];
-                    a2 += qg[i] * k2[i];
-                    a3 += qg[i] * k3[i];
-                }
-                sg[s] = a0 * scale;
-                sg[s + 1] = a1 * scale;
-                sg[s + 2] = a2 * scale;
-                sg[s + 3] = a3 * scale;
+                float a[4];
+                dot_four_rows(keys + s * d, qg, d, a);
+                for (int j = 0; j < 4; j++) sg[s + j] = a[j] * scale;
             }
             for (; s < s1; s++) sg[s] = dot(qg, keys + s * d, d) * scale;
         }

@@ -333,9 +333,10 @@ class CompiledDecodeStep:
                 layer.keys = key_base + index * layer_bytes
                 layer.values = value_base + index * layer_bytes
             self._slab = slab
-        needed = self.library.pie_decode_scratch_floats(ctypes.byref(model))
-        if self._scratch.numel() < needed:
-            self._scratch = torch.empty(needed, dtype=torch.float32)
+            # What a step needs depends on the capacity only.
+            needed = self.library.pie_decode_scratch_floats(ctypes.byref(model))
+            if self._scratch.numel() < needed:
+                self._scratch = torch.empty(needed, dtype=torch.float32)
         logits = torch.empty(1, self.vocab, dtype=torch.float32)
         status = self.library.pie_decode_step(
             ctypes.byref(model),
