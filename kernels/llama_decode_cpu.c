@@ -19,7 +19,8 @@
 #define SPIN_NANOSECONDS 3000000L
 /* Output columns a thread accumulates at once in a transposed ([in, out]) product. */
 #define COLUMN_BLOCK 64
-/* Slots of one K/V head taken together: 64 KB of 64-dim keys, re-read from L2 per query. */
+/* Slots of one K/V head whose values are summed together: 64 KB of 64-dim values, re-read from
+ * L2 by each query of the group. */
 #define SLOT_BLOCK 256
 
 typedef struct {
@@ -162,29 +163,55 @@ static void rms_norm(const float *x, const float *weight, float *out, int64_t n,
     for (int64_t i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
 }
 
+/* Partial sums are kept in LANES lanes and added pairwise at the end: an `omp simd reduction`
+ * without -ffast-math ends in a lane-by-lane sum, which costs more than the products for short
+ * rows such as a 64-dim key. 16 lanes is one AVX-512 register, two AVX2 ones, four NEON ones. */
+#define LANES 16
+
+static inline float lanes_sum(float a[LANES]) {
+    for (int width = LANES / 2; width > 0; width /= 2)
+#pragma omp simd
+        for (int l = 0; l < width; l++) a[l] += a[l + width];
+    return a[0];
+}
+
 static inline float dot(const float *a, const float *b, int64_t n) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; i++) sum += a[i] * b[i];
-    return sum;
+    float sum[LANES] = {0};
+    int64_t whole = n - n % LANES;
+    for (int64_t i = 0; i < whole; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) sum[l] += a[i + l] * b[i + l];
+    float tail = 0.0f;
+    for (int64_t i = whole; i < n; i++) tail += a[i] * b[i];
+    return lanes_sum(sum) + tail;
 }
 
 /* out[j] = rows[j]·x for the four consecutive rows of n values at `rows`: four independent
  * sums, so that one pass over x feeds four FMA chains. */
 static inline void dot_four_rows(const float *rows, const float *x, int64_t n, float out[4]) {
     const float *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t i = 0; i < n; i++) {
-        s0 += r0[i] * x[i];
-        s1 += r1[i] * x[i];
-        s2 += r2[i] * x[i];
-        s3 += r3[i] * x[i];
+    float s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};
+    int64_t whole = n - n % LANES;
+    for (int64_t i = 0; i < whole; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            float xi = x[i + l];
+            s0[l] += r0[i + l] * xi;
+            s1[l] += r1[i + l] * xi;
+            s2[l] += r2[i + l] * xi;
+            s3[l] += r3[i + l] * xi;
+        }
+    float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f;
+    for (int64_t i = whole; i < n; i++) {
+        t0 += r0[i] * x[i];
+        t1 += r1[i] * x[i];
+        t2 += r2[i] * x[i];
+        t3 += r3[i] * x[i];
     }
-    out[0] = s0;
-    out[1] = s1;
-    out[2] = s2;
-    out[3] = s3;
+    out[0] = lanes_sum(s0) + t0;
+    out[1] = lanes_sum(s1) + t1;
+    out[2] = lanes_sum(s2) + t2;
+    out[3] = lanes_sum(s3) + t3;
 }
 
 /* y[r] (+)= W[r]·x + b[r] for rows r0..r1 of a row-major [out, in] W, four rows per pass. */
@@ -246,7 +273,9 @@ static void share(int64_t out, int part, int parts, int64_t *r0, int64_t *r1) {
 static inline float exp_nonpositive(float x) {
     float t = x * 1.44269504088896341f;
     t = t < -126.0f ? -126.0f : t;
-    float n = __builtin_roundf(t);
+    /* Round to nearest by adding and taking away 1.5 · 2^23 (|t| <= 126): roundf() would not
+     * vectorize without -ffast-math, and alone took half the attention's time. */
+    float n = (t + 12582912.0f) - 12582912.0f;
     float f = t - n;
     float p = 1.535336188319500e-4f;
     p = p * f + 1.339887440266574e-3f;
@@ -324,23 +353,22 @@ static inline __attribute__((always_inline)) void attend(
     float *restrict out, float *restrict scores, int64_t groups, int64_t d, int64_t capacity,
     int64_t n) {
     float scale = (float)(1.0 / sqrt((double)d));
-    for (int64_t s0 = 0; s0 < n; s0 += SLOT_BLOCK) {
-        int64_t s1 = s0 + SLOT_BLOCK < n ? s0 + SLOT_BLOCK : n;
+    /* Four keys at a time against every query of the group: each key is read from memory once
+     * and from L1 by the others. */
+    int64_t s = 0;
+    for (; s + 4 <= n; s += 4)
         for (int64_t g = 0; g < groups; g++) {
-            const float *restrict qg = q + g * d;
-            float *restrict sg = scores + g * capacity;
-            int64_t s = s0;
-            for (; s + 4 <= s1; s += 4) {
-                float a[4];
-                dot_four_rows(keys + s * d, qg, d, a);
-                for (int j = 0; j < 4; j++) sg[s + j] = a[j] * scale;
-            }
-            for (; s < s1; s++) sg[s] = dot(qg, keys + s * d, d) * scale;
+            float a[4];
+            dot_four_rows(keys + s * d, q + g * d, d, a);
+            for (int j = 0; j < 4; j++) scores[g * capacity + s + j] = a[j] * scale;
         }
-    }
+    for (; s < n; s++)
+        for (int64_t g = 0; g < groups; g++)
+            scores[g * capacity + s] = dot(q + g * d, keys + s * d, d) * scale;
     for (int64_t g = 0; g < groups; g++) {
         float *restrict sg = scores + g * capacity;
         float top = -INFINITY;
+#pragma omp simd reduction(max : top)
         for (int64_t t = 0; t < n; t++) top = sg[t] > top ? sg[t] : top;
         float total = 0.0f;
 #pragma omp simd reduction(+ : total)
