@@ -17,7 +17,10 @@ ms/token is a run's time over its forward passes (the first token comes from the
 logits). Each model is measured with its weights as loaded, then again after
 `store_weights_transposed` (the same values, stored [in, out], which one-token products stream). The methods take turns within each repeat, so load on the machine falls on all of them;
 the tables show medians. The weight-read floor is the bytes of weights one step reads over the
-read bandwidth of this machine (a sum over a large tensor, same threads). A 0.5B run with fewer
+read bandwidth of this machine: a sum over a tensor of those bytes, same threads, best of
+three in every repeat beside the methods (the bandwidth here moves by a third within minutes),
+and the ratio to it is the median over repeats of that repeat's lean step over its read; the
+floor from one read at the start is kept as `..._at_start`. A 0.5B run with fewer
 layers is also scaled to the full 24 layers by weight bytes, which assumes a bandwidth-bound step.
 Results go to benchmarks/results/decode.json.
 """
@@ -92,9 +95,16 @@ def plain_decoder(model: PreTrainedModel, ids: list[int], new_tokens: int):
 
 
 def measure(
-    decoders: dict[str, Callable[[], list[int]]], repeats: int, forwards: int
+    decoders: dict[str, Callable[[], list[int]]],
+    repeats: int,
+    forwards: int,
+    weights_sized: torch.Tensor,
 ) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {method: [] for method in METHODS}
+    """ms per forward pass of each method in each repeat, and under "read" the ms of one read
+    of `weights_sized` (a buffer of the step's weight bytes, best of three) in the same repeat:
+    this machine's bandwidth moves by a third within minutes, so the floor is measured beside
+    the steps it bounds."""
+    samples: dict[str, list[float]] = {method: [] for method in (*METHODS, "read")}
     for repeat in range(repeats):
         # Rotate who goes first, so a burst of load does not always hit the same method.
         order = METHODS[repeat % len(METHODS) :] + METHODS[: repeat % len(METHODS)]
@@ -102,6 +112,12 @@ def measure(
             started = time.perf_counter()
             decoders[method]()
             samples[method].append((time.perf_counter() - started) * 1000 / forwards)
+        reads = []
+        for _ in range(3):
+            started = time.perf_counter()
+            weights_sized.sum()
+            reads.append((time.perf_counter() - started) * 1000)
+        samples["read"].append(min(reads))
     return samples
 
 
@@ -132,15 +148,20 @@ def run_model(
     kv_bytes = (
         2 * config.num_hidden_layers * config.num_key_value_heads * args.context * head_dim
     ) * next(model.parameters()).element_size()
-    floor_ms = weight_bytes / bandwidth * 1000
+    start_floor_ms = weight_bytes / bandwidth * 1000
+    weights_sized = torch.ones(weight_bytes // 4, dtype=torch.float32)
+    weights_sized.sum()  # faults the pages in
     rows = []
     for layout in args.layouts:
         if layout == "transposed":
             # Same values, so the prefilled caches stay valid.
             store_weights_transposed(model)
         tokens = {method: decode() for method, decode in decoders.items()}  # also the warm-up
-        samples = measure(decoders, args.repeats, args.new_tokens - 1)
+        samples = measure(decoders, args.repeats, args.new_tokens - 1, weights_sized)
         ms = {method: statistics.median(values) for method, values in samples.items()}
+        floor_ms = ms.pop("read")
+        # Each repeat's step over the read beside it, so a slow minute slows both.
+        per_repeat = [lean / read for lean, read in zip(samples["lean"], samples["read"])]
         rows.append(
             {
                 "model": name,
@@ -150,11 +171,13 @@ def run_model(
                 "weight_bytes_per_step": weight_bytes,
                 "kv_bytes_per_step": kv_bytes,
                 "weight_read_floor_ms": floor_ms,
+                "weight_read_floor_ms_at_start": start_floor_ms,
                 "ms_per_token": ms,
                 "samples_ms_per_token": samples,
                 "lean_over_plain": ms["lean"] / ms["plain"],
                 "hf_over_plain": ms["hf"] / ms["plain"],
-                "lean_over_weight_floor": ms["lean"] / floor_ms,
+                "lean_over_weight_floor": statistics.median(per_repeat),
+                "lean_over_weight_floor_at_start": ms["lean"] / start_floor_ms,
                 "lean_torch_over_plain": ms["lean-torch"] / ms["plain"],
                 "lean_torch_over_weight_floor": ms["lean-torch"] / floor_ms,
                 "lean_uses_compiled_step": compiled_off is None,

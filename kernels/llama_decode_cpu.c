@@ -1,5 +1,6 @@
-/* One decode step of a Llama-family model (Llama, Mistral, Qwen2) for one token, in float32 on
- * CPU, over a K/V slab: built and loaded by kernels/llama_decode_cpu.py, which holds the why.
+/* A forward pass of a Llama-family model (Llama, Mistral, Qwen2) for a few tokens (a decode
+ * step, a verify pass, a short edit), in float32 on CPU, over a K/V slab: built and loaded by
+ * kernels/llama_decode_cpu.py, which holds the why.
  *
  * Portable C: the inner loops are `omp simd` reductions (compiled with -fopenmp-simd, which
  * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
@@ -17,8 +18,12 @@
 /* A helper spins this long after its last task before sleeping: longer than the Python between
  * two decode steps, far shorter than an editor's pause between requests. */
 #define SPIN_NANOSECONDS 3000000L
-/* Output columns a thread accumulates at once in a transposed ([in, out]) product. */
+/* Output columns a thread accumulates at once in a transposed ([in, out]) product, for how many
+ * input rows at once. */
 #define COLUMN_BLOCK 64
+#define COLUMN_ROWS 4
+/* The most tokens one call takes: a verify pass, an edit's few new tokens, a short refresh. */
+#define MAX_ROWS 64
 /* Slots of one K/V head whose values are summed together: 64 KB of 64-dim values, re-read from
  * L2 by each query of the group. */
 #define SLOT_BLOCK 256
@@ -214,50 +219,60 @@ static inline void dot_four_rows(const float *rows, const float *x, int64_t n, f
     out[3] = lanes_sum(s3) + t3;
 }
 
-/* y[r] (+)= W[r]·x + b[r] for rows r0..r1 of a row-major [out, in] W, four rows per pass. */
-static void rows_product(const projection_t *p, const float *x, float *y, int64_t in, int64_t r0,
-                         int64_t r1, int accumulate) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        float s[4];
-        dot_four_rows(p->weight + r * in, x, in, s);
-        for (int j = 0; j < 4; j++) {
-            float value = s[j] + (p->bias ? p->bias[r + j] : 0.0f);
-            y[r + j] = accumulate ? y[r + j] + value : value;
-        }
-    }
-    for (; r < r1; r++) {
-        float value = dot(p->weight + r * in, x, in) + (p->bias ? p->bias[r] : 0.0f);
-        y[r] = accumulate ? y[r] + value : value;
-    }
+static inline void store(float *y, int64_t o, float value, const float *bias, int accumulate) {
+    value += bias ? bias[o] : 0.0f;
+    y[o] = accumulate ? y[o] + value : value;
 }
 
-/* The same for W stored [in, out] row-major: columns r0..r1 accumulated a block at a time. */
-static void columns_product(const projection_t *p, const float *x, float *y, int64_t in,
-                            int64_t out, int64_t r0, int64_t r1, int accumulate) {
-    for (int64_t c0 = r0; c0 < r1; c0 += COLUMN_BLOCK) {
-        int64_t width = r1 - c0 < COLUMN_BLOCK ? r1 - c0 : COLUMN_BLOCK;
-        float sum[COLUMN_BLOCK] = {0};
-        for (int64_t i = 0; i < in; i++) {
-            const float *w = p->weight + i * out + c0;
-            float xi = x[i];
+/* y[r, o] (+)= W[o]·x[r] + b[o] for outputs o0..o1 of a row-major [out, in] W and `rows` inputs
+ * x [rows, in], y [rows, out]: four weight rows at a time, which then serve every input from L1
+ * or L2, so the weights are read from memory once however many rows there are. */
+static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
+                         int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
+    int64_t o = o0;
+    for (; o + 4 <= o1; o += 4)
+        for (int64_t r = 0; r < rows; r++) {
+            float s[4];
+            dot_four_rows(p->weight + o * in, x + r * in, in, s);
+            for (int j = 0; j < 4; j++) store(y + r * out, o + j, s[j], p->bias, accumulate);
+        }
+    for (; o < o1; o++)
+        for (int64_t r = 0; r < rows; r++)
+            store(y + r * out, o, dot(p->weight + o * in, x + r * in, in), p->bias, accumulate);
+}
+
+/* The same for W stored [in, out] row-major: a block of output columns at a time, accumulated
+ * for up to COLUMN_ROWS inputs together over one pass down the block. */
+static void columns_product(const projection_t *p, const float *x, float *y, int64_t rows,
+                            int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
+    for (int64_t c0 = o0; c0 < o1; c0 += COLUMN_BLOCK) {
+        int64_t width = o1 - c0 < COLUMN_BLOCK ? o1 - c0 : COLUMN_BLOCK;
+        for (int64_t r0 = 0; r0 < rows; r0 += COLUMN_ROWS) {
+            int64_t count = rows - r0 < COLUMN_ROWS ? rows - r0 : COLUMN_ROWS;
+            float sum[COLUMN_ROWS][COLUMN_BLOCK] = {{0}};
+            for (int64_t i = 0; i < in; i++) {
+                const float *w = p->weight + i * out + c0;
+                for (int64_t r = 0; r < count; r++) {
+                    float xi = x[(r0 + r) * in + i];
+                    float *row_sum = sum[r];
 #pragma omp simd
-            for (int64_t c = 0; c < width; c++) sum[c] += xi * w[c];
-        }
-        for (int64_t c = 0; c < width; c++) {
-            float value = sum[c] + (p->bias ? p->bias[c0 + c] : 0.0f);
-            y[c0 + c] = accumulate ? y[c0 + c] + value : value;
+                    for (int64_t c = 0; c < width; c++) row_sum[c] += xi * w[c];
+                }
+            }
+            for (int64_t r = 0; r < count; r++)
+                for (int64_t c = 0; c < width; c++)
+                    store(y + (r0 + r) * out, c0 + c, sum[r][c], p->bias, accumulate);
         }
     }
 }
 
-static void product_range(const projection_t *p, const float *x, float *y, int64_t in,
-                          int64_t out, int64_t r0, int64_t r1, int accumulate) {
-    if (r0 >= r1) return;
+static void product_range(const projection_t *p, const float *x, float *y, int64_t rows,
+                          int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
+    if (o0 >= o1) return;
     if (p->transposed)
-        columns_product(p, x, y, in, out, r0, r1, accumulate);
+        columns_product(p, x, y, rows, in, out, o0, o1, accumulate);
     else
-        rows_product(p, x, y, in, r0, r1, accumulate);
+        rows_product(p, x, y, rows, in, out, o0, o1, accumulate);
 }
 
 /* A part's share of out rows, in whole column blocks so transposed parts never split one. */
@@ -294,125 +309,145 @@ static inline float exp_nonpositive(float x) {
 
 typedef struct {
     const projection_t *projection[3];
-    float *y[3];
+    float *y[3]; /* [rows, out] each */
     int64_t out[3];
     int count;
-    const float *x;
-    int64_t in;
+    const float *x; /* [rows, in] */
+    int64_t rows, in;
     int accumulate;
 } products_t;
 
 static void products_task(void *context, int part, int parts) {
     products_t *c = context;
     for (int j = 0; j < c->count; j++) {
-        int64_t r0, r1;
-        share(c->out[j], part, parts, &r0, &r1);
-        product_range(c->projection[j], c->x, c->y[j], c->in, c->out[j], r0, r1, c->accumulate);
+        int64_t o0, o1;
+        share(c->out[j], part, parts, &o0, &o1);
+        product_range(c->projection[j], c->x, c->y[j], c->rows, c->in, c->out[j], o0, o1,
+                      c->accumulate);
     }
 }
 
 typedef struct {
     const layer_t *layer;
-    const float *h;
-    float *gate, *up;
-    int64_t hidden, intermediate;
+    const float *h;    /* [rows, hidden] */
+    float *gate, *up; /* [rows, intermediate] */
+    int64_t rows, hidden, intermediate;
 } mlp_in_t;
 
-/* gate and up for the same rows, then silu(gate)·up there, so no barrier between them. */
+/* gate and up for the same outputs, then silu(gate)·up there, so no barrier between them. */
 static void mlp_in_task(void *context, int part, int parts) {
     mlp_in_t *c = context;
-    int64_t r0, r1;
-    share(c->intermediate, part, parts, &r0, &r1);
-    product_range(&c->layer->gate, c->h, c->gate, c->hidden, c->intermediate, r0, r1, 0);
-    product_range(&c->layer->up, c->h, c->up, c->hidden, c->intermediate, r0, r1, 0);
-    float *gate = c->gate;
-    const float *up = c->up;
+    int64_t o0, o1, width = c->intermediate;
+    share(width, part, parts, &o0, &o1);
+    product_range(&c->layer->gate, c->h, c->gate, c->rows, c->hidden, width, o0, o1, 0);
+    product_range(&c->layer->up, c->h, c->up, c->rows, c->hidden, width, o0, o1, 0);
+    for (int64_t r = 0; r < c->rows; r++) {
+        float *gate = c->gate + r * width;
+        const float *up = c->up + r * width;
 #pragma omp simd
-    for (int64_t r = r0; r < r1; r++) {
-        /* silu(g) = g·σ(g), with σ from exp(−|g|) <= 1 on either side of 0. */
-        float g = gate[r];
-        float e = exp_nonpositive(g < 0.0f ? g : -g);
-        float sigmoid = g < 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
-        gate[r] = g * sigmoid * up[r];
+        for (int64_t o = o0; o < o1; o++) {
+            /* silu(g) = g·σ(g), with σ from exp(−|g|) <= 1 on either side of 0. */
+            float g = gate[o];
+            float e = exp_nonpositive(g < 0.0f ? g : -g);
+            float sigmoid = g < 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
+            gate[o] = g * sigmoid * up[o];
+        }
     }
 }
 
 typedef struct {
-    const float *q; /* [heads, head_dim], rotated */
+    const float *q; /* [rows, heads, head_dim], rotated */
     const float *keys, *values;
-    float *out;    /* [heads, head_dim] */
-    float *scores; /* [heads, capacity] */
-    int64_t heads, kv_heads, head_dim, capacity, length;
+    float *out;    /* [rows, heads, head_dim] */
+    float *scores; /* [kv_heads, rows, groups, capacity] */
+    const int64_t *lengths; /* row r sees slots 0..lengths[r]-1; increasing */
+    int64_t rows, heads, kv_heads, head_dim, capacity;
 } attention_t;
 
-/* One K/V head's attention for its group of query heads, with head_dim `d`: inlined with d a
- * constant for the common sizes. Slots go by blocks, so that each block of keys and values is
- * read from memory once and then re-read from L1 by each query of the group. */
+/* One K/V head's attention for its group of query heads in every row, with head_dim `d`:
+ * inlined with d a constant for the common sizes. Each key is read from memory once and from L1
+ * by every query of every row; values go by blocks of slots, read from memory once and then
+ * from L2 by each query. */
 static inline __attribute__((always_inline)) void attend(
-    const float *restrict q, const float *restrict keys, const float *restrict values,
-    float *restrict out, float *restrict scores, int64_t groups, int64_t d, int64_t capacity,
-    int64_t n) {
+    const float *restrict q, int64_t stride, const float *restrict keys,
+    const float *restrict values, float *restrict out, float *restrict scores, int64_t rows,
+    const int64_t *restrict lengths, int64_t groups, int64_t d, int64_t capacity) {
     float scale = (float)(1.0 / sqrt((double)d));
-    /* Four keys at a time against every query of the group: each key is read from memory once
-     * and from L1 by the others. */
+    int64_t longest = lengths[rows - 1];
     int64_t s = 0;
-    for (; s + 4 <= n; s += 4)
-        for (int64_t g = 0; g < groups; g++) {
-            float a[4];
-            dot_four_rows(keys + s * d, q + g * d, d, a);
-            for (int j = 0; j < 4; j++) scores[g * capacity + s + j] = a[j] * scale;
-        }
-    for (; s < n; s++)
-        for (int64_t g = 0; g < groups; g++)
-            scores[g * capacity + s] = dot(q + g * d, keys + s * d, d) * scale;
-    for (int64_t g = 0; g < groups; g++) {
-        float *restrict sg = scores + g * capacity;
-        float top = -INFINITY;
-#pragma omp simd reduction(max : top)
-        for (int64_t t = 0; t < n; t++) top = sg[t] > top ? sg[t] : top;
-        float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-        for (int64_t t = 0; t < n; t++) {
-            float e = exp_nonpositive(sg[t] - top);
-            sg[t] = e;
-            total += e;
-        }
-        float inverse = 1.0f / total;
-#pragma omp simd
-        for (int64_t t = 0; t < n; t++) sg[t] *= inverse;
-        float *restrict og = out + g * d;
-#pragma omp simd
-        for (int64_t i = 0; i < d; i++) og[i] = 0.0f;
-    }
-    for (int64_t s0 = 0; s0 < n; s0 += SLOT_BLOCK) {
-        int64_t s1 = s0 + SLOT_BLOCK < n ? s0 + SLOT_BLOCK : n;
-        for (int64_t g = 0; g < groups; g++) {
-            const float *restrict sg = scores + g * capacity;
-            float *restrict og = out + g * d;
-            for (int64_t t = s0; t < s1; t++) {
-                const float *restrict v = values + t * d;
-                float p = sg[t];
-#pragma omp simd
-                for (int64_t i = 0; i < d; i++) og[i] += p * v[i];
+    /* Four keys at a time; a row whose length ends inside the four gets scores past its end,
+     * which its softmax does not read. */
+    for (; s + 4 <= longest; s += 4)
+        for (int64_t r = 0; r < rows; r++) {
+            if (s >= lengths[r]) continue;
+            for (int64_t g = 0; g < groups; g++) {
+                float a[4];
+                dot_four_rows(keys + s * d, q + r * stride + g * d, d, a);
+                float *sg = scores + (r * groups + g) * capacity + s;
+                for (int j = 0; j < 4; j++) sg[j] = a[j] * scale;
             }
         }
-    }
+    for (; s < longest; s++)
+        for (int64_t r = 0; r < rows; r++)
+            if (s < lengths[r])
+                for (int64_t g = 0; g < groups; g++)
+                    scores[(r * groups + g) * capacity + s] =
+                        dot(q + r * stride + g * d, keys + s * d, d) * scale;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < groups; g++) {
+            float *restrict sg = scores + (r * groups + g) * capacity;
+            int64_t n = lengths[r];
+            float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+            for (int64_t t = 0; t < n; t++) top = sg[t] > top ? sg[t] : top;
+            float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+            for (int64_t t = 0; t < n; t++) {
+                float e = exp_nonpositive(sg[t] - top);
+                sg[t] = e;
+                total += e;
+            }
+            float inverse = 1.0f / total;
+#pragma omp simd
+            for (int64_t t = 0; t < n; t++) sg[t] *= inverse;
+            float *restrict og = out + r * stride + g * d;
+#pragma omp simd
+            for (int64_t i = 0; i < d; i++) og[i] = 0.0f;
+        }
+    for (int64_t s0 = 0; s0 < longest; s0 += SLOT_BLOCK)
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t s1 = s0 + SLOT_BLOCK < lengths[r] ? s0 + SLOT_BLOCK : lengths[r];
+            for (int64_t g = 0; g < groups; g++) {
+                const float *restrict sg = scores + (r * groups + g) * capacity;
+                float *restrict og = out + r * stride + g * d;
+                for (int64_t t = s0; t < s1; t++) {
+                    const float *restrict v = values + t * d;
+                    float p = sg[t];
+#pragma omp simd
+                    for (int64_t i = 0; i < d; i++) og[i] += p * v[i];
+                }
+            }
+        }
 }
 
 static void attention_task(void *context, int part, int parts) {
     attention_t *c = context;
-    int64_t groups = c->heads / c->kv_heads, d = c->head_dim, n = c->length;
+    int64_t groups = c->heads / c->kv_heads, d = c->head_dim, stride = c->heads * d;
     for (int64_t kv = part; kv < c->kv_heads; kv += parts) {
         const float *keys = c->keys + kv * c->capacity * d;
         const float *values = c->values + kv * c->capacity * d;
         const float *q = c->q + kv * groups * d;
-        float *out = c->out + kv * groups * d, *scores = c->scores + kv * groups * c->capacity;
+        float *out = c->out + kv * groups * d;
+        float *scores = c->scores + kv * c->rows * groups * c->capacity;
         if (d == 64)
-            attend(q, keys, values, out, scores, groups, 64, c->capacity, n);
+            attend(q, stride, keys, values, out, scores, c->rows, c->lengths, groups, 64,
+                   c->capacity);
         else if (d == 128)
-            attend(q, keys, values, out, scores, groups, 128, c->capacity, n);
+            attend(q, stride, keys, values, out, scores, c->rows, c->lengths, groups, 128,
+                   c->capacity);
         else
-            attend(q, keys, values, out, scores, groups, d, c->capacity, n);
+            attend(q, stride, keys, values, out, scores, c->rows, c->lengths, groups, d,
+                   c->capacity);
     }
 }
 
@@ -426,65 +461,91 @@ static void rotate(float *x, const float *cos, const float *signed_sin, int64_t 
 
 /* ---- the step ------------------------------------------------------------------------------ */
 
-/* Scratch floats a step needs for a slab of `capacity` slots. */
-int64_t pie_decode_scratch_floats(const model_t *m) {
+/* Scratch floats a pass of `rows` tokens needs for a slab of `capacity` slots. */
+int64_t pie_forward_scratch_floats(const model_t *m, int64_t rows) {
     int64_t qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
-    return 2 * m->hidden + qkv + m->heads * m->head_dim + 2 * m->intermediate +
-           m->heads * m->capacity;
+    return rows * (2 * m->hidden + qkv + m->heads * m->head_dim + 2 * m->intermediate +
+                   m->heads * m->capacity);
 }
 
-/* Runs `token` at `slot` (its position): writes its keys and values into every layer's slab at
- * that slot and the logits [vocab] into `logits`. cos and signed_sin are the rotary rows
- * [head_dim] of that position. Returns 0, or -1 if the arguments do not fit. */
 static pthread_mutex_t step_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void step(const model_t *m, int64_t token, int64_t slot, const float *cos,
-                 const float *signed_sin, float *logits, float *scratch, int threads);
+static void forward(const model_t *m, int64_t rows, const int64_t *tokens, const int64_t *slots,
+                    const float *cos, const float *signed_sin, float *logits, int64_t logit_rows,
+                    float *scratch, int threads);
 
-int pie_decode_step(const model_t *m, int64_t token, int64_t slot, const float *cos,
-                    const float *signed_sin, float *logits, float *scratch, int threads) {
-    if (token < 0 || token >= m->vocab || slot < 0 || slot >= m->capacity || m->head_dim > 1024 ||
-        m->kv_heads < 1 || m->heads % m->kv_heads != 0 || threads < 1)
+/* Runs tokens[0..rows) at slots[0..rows) (their positions, increasing): writes their keys and
+ * values into every layer's slab at those slots, and the logits [logit_rows, vocab] of the last
+ * logit_rows tokens into `logits`. Token r sees the slab's slots 0..slots[r], the earlier tokens
+ * of the call included. cos and signed_sin are the rotary rows [rows, head_dim] of those
+ * positions. Returns 0, or -1 if the arguments do not fit. */
+int pie_forward(const model_t *m, int64_t rows, const int64_t *tokens, const int64_t *slots,
+                const float *cos, const float *signed_sin, float *logits, int64_t logit_rows,
+                float *scratch, int threads) {
+    if (rows < 1 || rows > MAX_ROWS || logit_rows < 1 || logit_rows > rows ||
+        m->head_dim > 1024 || m->kv_heads < 1 || m->heads % m->kv_heads != 0 || threads < 1)
         return -1;
-    /* One pool: steps from two threads of the caller take turns. */
+    for (int64_t r = 0; r < rows; r++)
+        if (tokens[r] < 0 || tokens[r] >= m->vocab || slots[r] < 0 || slots[r] >= m->capacity ||
+            (r > 0 && slots[r] <= slots[r - 1]))
+            return -1;
+    /* One pool: passes from two threads of the caller take turns. */
     pthread_mutex_lock(&step_lock);
-    step(m, token, slot, cos, signed_sin, logits, scratch, pool_threads(threads));
+    forward(m, rows, tokens, slots, cos, signed_sin, logits, logit_rows, scratch,
+            pool_threads(threads));
     pthread_mutex_unlock(&step_lock);
     return 0;
 }
 
-static void step(const model_t *m, int64_t token, int64_t slot, const float *cos,
-                 const float *signed_sin, float *logits, float *scratch, int threads) {
-    int64_t hidden = m->hidden, d = m->head_dim;
+static void forward(const model_t *m, int64_t rows, const int64_t *tokens, const int64_t *slots,
+                    const float *cos, const float *signed_sin, float *logits, int64_t logit_rows,
+                    float *scratch, int threads) {
+    int64_t hidden = m->hidden, d = m->head_dim, inter = m->intermediate;
     int64_t q_size = m->heads * d, kv_size = m->kv_heads * d;
-    float *x = scratch, *h = x + hidden, *q = h + hidden, *k = q + q_size, *v = k + kv_size;
-    float *attended = v + kv_size, *gate = attended + q_size, *up = gate + m->intermediate;
-    float *scores = up + m->intermediate;
-    for (int64_t i = 0; i < hidden; i++) x[i] = m->embed[token * m->embed_row + i * m->embed_col];
+    float *x = scratch, *h = x + rows * hidden, *q = h + rows * hidden, *k = q + rows * q_size;
+    float *v = k + rows * kv_size, *attended = v + rows * kv_size;
+    float *gate = attended + rows * q_size, *up = gate + rows * inter, *scores = up + rows * inter;
+    int64_t lengths[MAX_ROWS];
+    for (int64_t r = 0; r < rows; r++) {
+        lengths[r] = slots[r] + 1;
+        for (int64_t i = 0; i < hidden; i++)
+            x[r * hidden + i] = m->embed[tokens[r] * m->embed_row + i * m->embed_col];
+    }
     for (int64_t l = 0; l < m->layers; l++) {
         const layer_t *w = &m->layer[l];
-        rms_norm(x, w->input_norm, h, hidden, m->eps);
+        for (int64_t r = 0; r < rows; r++)
+            rms_norm(x + r * hidden, w->input_norm, h + r * hidden, hidden, m->eps);
         products_t qkv = {{&w->q, &w->k, &w->v}, {q, k, v}, {q_size, kv_size, kv_size}, 3, h,
-                          hidden, 0};
+                          rows, hidden, 0};
         run_parallel(products_task, &qkv, threads);
-        for (int64_t head = 0; head < m->heads; head++) rotate(q + head * d, cos, signed_sin, d);
-        for (int64_t head = 0; head < m->kv_heads; head++) {
-            rotate(k + head * d, cos, signed_sin, d);
-            memcpy(w->keys + (head * m->capacity + slot) * d, k + head * d, d * sizeof(float));
-            memcpy(w->values + (head * m->capacity + slot) * d, v + head * d, d * sizeof(float));
+        for (int64_t r = 0; r < rows; r++) {
+            const float *c = cos + r * d, *s = signed_sin + r * d;
+            for (int64_t head = 0; head < m->heads; head++)
+                rotate(q + r * q_size + head * d, c, s, d);
+            for (int64_t head = 0; head < m->kv_heads; head++) {
+                float *kr = k + r * kv_size + head * d, *vr = v + r * kv_size + head * d;
+                int64_t at = (head * m->capacity + slots[r]) * d;
+                rotate(kr, c, s, d);
+                memcpy(w->keys + at, kr, d * sizeof(float));
+                memcpy(w->values + at, vr, d * sizeof(float));
+            }
         }
-        attention_t attention = {q,         w->keys,     w->values,  attended, scores,
-                                 m->heads,  m->kv_heads, d,          m->capacity, slot + 1};
+        attention_t attention = {q,    w->keys,  w->values,   attended,    scores,     lengths,
+                                 rows, m->heads, m->kv_heads, d,           m->capacity};
         run_parallel(attention_task, &attention, threads);
-        products_t o = {{&w->o}, {x}, {hidden}, 1, attended, q_size, 1};
+        products_t o = {{&w->o}, {x}, {hidden}, 1, attended, rows, q_size, 1};
         run_parallel(products_task, &o, threads);
-        rms_norm(x, w->post_attention_norm, h, hidden, m->eps);
-        mlp_in_t mlp = {w, h, gate, up, hidden, m->intermediate};
+        for (int64_t r = 0; r < rows; r++)
+            rms_norm(x + r * hidden, w->post_attention_norm, h + r * hidden, hidden, m->eps);
+        mlp_in_t mlp = {w, h, gate, up, rows, hidden, inter};
         run_parallel(mlp_in_task, &mlp, threads);
-        products_t down = {{&w->down}, {x}, {hidden}, 1, gate, m->intermediate, 1};
+        products_t down = {{&w->down}, {x}, {hidden}, 1, gate, rows, inter, 1};
         run_parallel(products_task, &down, threads);
     }
-    rms_norm(x, m->final_norm, h, hidden, m->eps);
-    products_t head = {{&m->lm_head}, {logits}, {m->vocab}, 1, h, hidden, 0};
+    int64_t first = rows - logit_rows;
+    for (int64_t r = first; r < rows; r++)
+        rms_norm(x + r * hidden, m->final_norm, h + r * hidden, hidden, m->eps);
+    products_t head = {{&m->lm_head}, {logits}, {m->vocab}, 1, h + first * hidden, logit_rows,
+                       hidden, 0};
     run_parallel(products_task, &head, threads);
 }

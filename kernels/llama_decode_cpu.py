@@ -1,4 +1,4 @@
-"""One-token decode steps of a Llama-family model in compiled C, on CPU in float32.
+"""Forward passes of a few tokens through a Llama-family model in compiled C, on CPU in float32.
 
 A decode step reads every weight once and does little arithmetic with each. In torch it is also
 some 40 operator calls per layer, each a dispatch and, on two cores, often a wake-up of OpenMP
@@ -9,13 +9,19 @@ overhead is most of the step; on the 0.5B shape it adds about a fifth to the wei
 write into the slab, attention over one query per head and SiLU, with its own two-thread pool
 that spins between the parts of a step and sleeps between steps.
 
+The same call takes up to MAX_ROWS tokens at increasing slots (a verify pass of drafted
+tokens, an edit's few new tokens with the re-fed last one, a short refresh): every block of
+weight rows is read from memory once and then serves each token from L1 or L2. Torch's GEMMs
+for so few rows pack the weights first, which reads them twice; on the 0.5B shape a verify pass
+of 8 tokens here costs about 1.7 decode steps against 2.6 in torch, so drafts pay again.
+
 The C file is built on first use with the machine's C compiler (`CC`, else `cc`) for this CPU
 (`-march=native`), into `$PIE_LSP_KERNEL_CACHE` or `~/.cache/pie-lsp/kernels`, under a name
 that hashes the source, the flags, the compiler and the CPU's flags, so a change to any of them
 builds anew. Without a compiler, `CompiledStepUnavailable` says why and callers keep torch.
 
-The reference is `cache_engine/kv/llama_step.LlamaStep`, the torch step it replaces for one
-token; tests/kernels/test_llama_decode_cpu.py compares the two.
+The reference is `cache_engine/kv/llama_step.LlamaStep`, the torch step it replaces for passes
+of up to `COMPILED_MAX_ROWS` tokens; tests/kernels/test_llama_decode_cpu.py compares the two.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +44,8 @@ SOURCE = Path(__file__).with_name("llama_decode_cpu.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-pthread")
 # rotate() in the C file holds one head in a fixed buffer.
 MAX_HEAD_DIM = 1024
+# The most tokens one pass takes (MAX_ROWS in the C file).
+MAX_ROWS = 64
 
 
 class CompiledStepUnavailable(RuntimeError):
@@ -145,19 +154,18 @@ def compiled_library() -> ctypes.CDLL:
         library = ctypes.CDLL(str(target))
     except OSError as error:
         raise CompiledStepUnavailable(f"cannot load {target}: {error}") from error
-    library.pie_decode_step.argtypes = [
+    pointer = ctypes.c_void_p
+    library.pie_forward.argtypes = [
         ctypes.POINTER(_Model),
         ctypes.c_int64,
+        *(pointer,) * 5,
         ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
+        pointer,
         ctypes.c_int,
     ]
-    library.pie_decode_step.restype = ctypes.c_int
-    library.pie_decode_scratch_floats.argtypes = [ctypes.POINTER(_Model)]
-    library.pie_decode_scratch_floats.restype = ctypes.c_int64
+    library.pie_forward.restype = ctypes.c_int
+    library.pie_forward_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64]
+    library.pie_forward_scratch_floats.restype = ctypes.c_int64
     return library
 
 
@@ -215,8 +223,8 @@ def _projection(
     return _Projection(weight.data_ptr(), _vector(f"{name} bias", bias, out), transposed)
 
 
-class CompiledDecodeStep:
-    """Runs one token through the model's weights with the C step; see the module docstring.
+class CompiledForward:
+    """Runs a few tokens through the model's weights with the C pass; see the module docstring.
 
     It reads the weights where they are when built: after a change of storage (a
     `store_weights_transposed`, new `.data`), build a new one; in-place updates are seen."""
@@ -282,22 +290,33 @@ class CompiledDecodeStep:
         # Held so that the pointers above stay valid.
         self._tensors = (embed, layers, final_norm, lm_head)
         self._scratch = torch.empty(0)
+        self._scratch_rows = 0
         self._slab: tuple[int, int, int] = (0, 0, 0)
 
     def __call__(
         self,
-        token: int,
-        slot: int,
+        tokens: Sequence[int],
+        slots: Sequence[int],
         keys: torch.Tensor,
         values: torch.Tensor,
         cos: torch.Tensor,
         signed_sin: torch.Tensor,
         threads: int,
+        *,
+        all_logits: bool = False,
     ) -> torch.Tensor:
-        """Logits [1, vocab] for `token` at `slot`, whose keys and values land in keys/values
-        [layers, kv_heads, capacity, head_dim] (contiguous float32); cos and signed_sin are
-        the rotary rows of position `slot`, [head_dim] each."""
+        """Logits [n, vocab] (or [1, vocab], the last token's) for the n tokens at `slots`
+        (increasing); their keys and values land in keys/values [layers, kv_heads, capacity,
+        head_dim] (contiguous float32), and token i sees the slab's slots 0..slots[i], the
+        earlier tokens of the call included. cos and signed_sin are the rotary rows of those
+        positions, [n, head_dim] each."""
         layers, kv_heads, head_dim = self.shape
+        n = len(tokens)
+        if not 1 <= n <= MAX_ROWS or len(slots) != n:
+            raise ValueError(
+                f"{n} tokens at {len(slots)} slots: a pass takes 1 to {MAX_ROWS} tokens, one slot "
+                "each"
+            )
         for name, slab in (("keys", keys), ("values", values)):
             _float32_cpu(name, slab)
             if slab.dim() != 4 or (slab.shape[0], slab.shape[1], slab.shape[3]) != (
@@ -314,14 +333,18 @@ class CompiledDecodeStep:
         capacity = keys.shape[2]
         if values.shape != keys.shape:
             raise ValueError(f"values {tuple(values.shape)} differ from keys {tuple(keys.shape)}")
-        if not 0 <= slot < capacity:
-            raise ValueError(f"slot {slot} is outside the slab's {capacity} slots")
-        if not 0 <= token < self.vocab:
-            raise ValueError(f"token {token} is outside the vocabulary of {self.vocab}")
-        for name, row in (("cos", cos), ("signed_sin", signed_sin)):
-            _float32_cpu(name, row)
-            if row.numel() != head_dim or not row.is_contiguous():
-                raise ValueError(f"{name} must be {head_dim} contiguous values")
+        for index, slot in enumerate(slots):
+            if not 0 <= slot < capacity:
+                raise ValueError(f"slot {slot} is outside the slab's {capacity} slots")
+            if index and slot <= slots[index - 1]:
+                raise ValueError(f"slots {list(slots)} are not increasing")
+        for token in tokens:
+            if not 0 <= token < self.vocab:
+                raise ValueError(f"token {token} is outside the vocabulary of {self.vocab}")
+        for name, rows in (("cos", cos), ("signed_sin", signed_sin)):
+            _float32_cpu(name, rows)
+            if rows.numel() != n * head_dim or not rows.is_contiguous():
+                raise ValueError(f"{name} must be {n} x {head_dim} contiguous values")
         model = self._model
         slab = (keys.data_ptr(), values.data_ptr(), capacity)
         if slab != self._slab:
@@ -333,21 +356,28 @@ class CompiledDecodeStep:
                 layer.keys = key_base + index * layer_bytes
                 layer.values = value_base + index * layer_bytes
             self._slab = slab
-            # What a step needs depends on the capacity only.
-            needed = self.library.pie_decode_scratch_floats(ctypes.byref(model))
+            self._scratch_rows = 0
+        if n > self._scratch_rows:
+            # What a pass needs depends on its rows and the slab's capacity only.
+            needed = self.library.pie_forward_scratch_floats(ctypes.byref(model), n)
             if self._scratch.numel() < needed:
                 self._scratch = torch.empty(needed, dtype=torch.float32)
-        logits = torch.empty(1, self.vocab, dtype=torch.float32)
-        status = self.library.pie_decode_step(
+            self._scratch_rows = n
+        ids = torch.tensor([*tokens, *slots], dtype=torch.int64)
+        logit_rows = n if all_logits else 1
+        logits = torch.empty(logit_rows, self.vocab, dtype=torch.float32)
+        status = self.library.pie_forward(
             ctypes.byref(model),
-            token,
-            slot,
+            n,
+            ids.data_ptr(),
+            ids.data_ptr() + 8 * n,
             cos.data_ptr(),
             signed_sin.data_ptr(),
             logits.data_ptr(),
+            logit_rows,
             self._scratch.data_ptr(),
             threads,
         )
         if status != 0:
-            raise ValueError(f"the compiled step refused token {token} at slot {slot}")
+            raise ValueError(f"the compiled pass refused tokens {list(tokens)} at {list(slots)}")
         return logits

@@ -622,11 +622,7 @@ class CompletionEngine:
                 return False
             return suggested < settings.max_new_tokens
 
-        # A verify pass of several rows runs through torch; where one-token steps are compiled it
-        # costs about two of them, more than drafts from the document save (0.61x plain decoding
-        # on the default model, benchmarks/results/speculation.json).
-        speculate = settings.speculative_tokens and not cache.compiled_one_token_steps
-        draft = PromptLookup(settings.speculative_tokens) if speculate else None
+        draft = PromptLookup(settings.speculative_tokens) if settings.speculative_tokens else None
         constraint = self.healer.constraint(healed)
         # Each healing token spells at least one byte of the healed text.
         limit = settings.max_new_tokens + heal_bytes

@@ -162,7 +162,7 @@ class EditableCache:
     `blas_products` is the lean step's choice of products through numpy's BLAS (`LlamaStep`);
     None decides by device, dtype and process (kernels/blas_linear.py); `onednn_products` its
     choice of oneDNN for passes of several rows (kernels/onednn_linear.py); `compiled_step` its
-    choice of the compiled C step for one-token passes on CPU (kernels/llama_decode_cpu.py).
+    choice of the compiled C pass for passes of a few tokens on CPU (kernels/llama_decode_cpu.py).
     `cuda_graphs` replays
     one-token decode steps from a CUDA graph (decode_graph.py); it needs the lean step and a
     model on a CUDA device.
@@ -243,13 +243,6 @@ class EditableCache:
     @property
     def capacity(self) -> int:
         return self._slab.capacity
-
-    @property
-    def compiled_one_token_steps(self) -> bool:
-        """Whether one-token passes run the compiled C step (kernels/llama_decode_cpu.py),
-        while passes of several rows stay in torch."""
-        step = self._lean_step
-        return step is not None and step.compiled_step_off is None and self._decode_graph is None
 
     @property
     def forward_path(self) -> Literal["lean", "hf"]:

@@ -11,10 +11,11 @@ form one matrix for two batched products (`_grouped_attention`); longer passes t
 flash kernel with `enable_gqa` (torch >= 2.5).
 
 What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
-On CPU in float32 a one-token pass is one call into the compiled C step where it can be built
-(kernels/llama_decode_cpu.py: 1.8x this module's torch step on the default model, 1.2x on the
-0.5B shape); this module's torch arithmetic stays its reference and runs everything else. In
-torch (`Products`): passes of several rows (prefill, edits, verify passes) multiply
+On CPU in float32 a pass of up to `COMPILED_MAX_ROWS` tokens (a decode step, a verify pass, a
+short edit) is one call into the compiled C pass where it can be built
+(kernels/llama_decode_cpu.py: 1.8x this module's torch step on the default model for one token,
+1.2x on the 0.5B shape); this module's torch arithmetic stays its reference and runs everything
+else. In torch (`Products`): passes of several rows (prefill, long edits) multiply
 through oneDNN (kernels/onednn_linear.py: about twice MKL's speed here); one-row products go
 through numpy's BLAS where it is usable (kernels/blas_linear.py: OpenBLAS streams the weights
 at memory speed, torch's MKL GEMV at about half), otherwise through MKL, which
@@ -45,7 +46,7 @@ from transformers import PreTrainedModel
 from cache_engine.kv.rotary import rotary_spec
 from cache_engine.model.quantization import Int8WeightOnlyLinear
 from kernels.blas_linear import blas_linear, blas_products_usable
-from kernels.llama_decode_cpu import CompiledDecodeStep, CompiledStepUnavailable, LayerTensors
+from kernels.llama_decode_cpu import CompiledForward, CompiledStepUnavailable, LayerTensors
 from kernels.onednn_linear import onednn_linear, onednn_linear_usable
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -57,6 +58,13 @@ BLAS_MAX_ROWS = 512
 # as fast as MKL and OpenBLAS for several rows (kernels/onednn_linear.py); one row, a decode
 # step, streams fastest through OpenBLAS or MKL.
 ONEDNN_MIN_ROWS = 2
+# Passes of up to this many tokens run in the compiled C pass where it builds: it reads each
+# weight once for all of them, where torch's GEMMs pack the weights first (decode steps, verify
+# passes, a deletion's re-fed token, short edits and refreshes). Against the torch step, from a
+# 2k cache with 2 threads: 0.64x its time for 4-9 tokens and 0.95x for 32 on the 0.5B shape,
+# 0.3x for 2-16 and 0.88x for 32 on the default model; even at 64 (/tmp probe, see
+# kernels/llama_decode_cpu.py).
+COMPILED_MAX_ROWS = 32
 # Passes of up to this many tokens attend through two batched products (`_grouped_attention`);
 # longer ones through SDPA's flash kernel, which does not hold a [queries, slots] score matrix.
 GROUPED_ATTENTION_MAX_ROWS = 64
@@ -155,9 +163,9 @@ class LlamaStep:
     `blas_products`: the products through numpy's BLAS (kernels/blas_linear.py); None uses it
     for float32 weights on CPU where `blas_products_usable()`. `onednn_products`: passes of
     several rows through oneDNN (kernels/onednn_linear.py); None uses it for float32 weights on
-    CPU where `onednn_linear_usable()`. `compiled_step`: one-token passes through the compiled
-    C step (kernels/llama_decode_cpu.py); None uses it where it can be built and reproduces
-    this model (float32 on CPU, plain projections, no per-head norms) unless the environment
+    CPU where `onednn_linear_usable()`. `compiled_step`: passes of up to `COMPILED_MAX_ROWS`
+    tokens through the compiled C pass (kernels/llama_decode_cpu.py); None uses it where it can
+    be built and reproduces this model (float32 on CPU, plain projections, no per-head norms) unless the environment
     sets `PIE_LSP_COMPILED_STEP=0`; True raises UnsupportedStepError where it cannot. Why it is
     off is in `compiled_step_off`."""
 
@@ -219,7 +227,7 @@ class LlamaStep:
         empty = torch.empty(0, 1, self.head_dim, dtype=self.dtype, device=self.device)
         self._rotary_table = (empty, empty)
         self.compiled_step_off: str | None = None
-        self._compiled: CompiledDecodeStep | None = None
+        self._compiled: CompiledForward | None = None
         self._compiled_weights: tuple[int, ...] = ()
         self._weights: list[torch.Tensor] = []
         if compiled_step is None and os.environ.get("PIE_LSP_COMPILED_STEP") == "0":
@@ -245,7 +253,7 @@ class LlamaStep:
             tensors += [t for t in projection if t is not None]
         return tensors
 
-    def _compiled_step(self) -> CompiledDecodeStep:
+    def _compiled_step(self) -> CompiledForward:
         """The compiled step over the weights' current storage, rebuilt when it moved (a
         `store_weights_transposed`, new `.data`)."""
         if not self._weights:
@@ -255,7 +263,7 @@ class LlamaStep:
         if self._compiled is None or weights != self._compiled_weights:
             if any(w.q_norm is not None for w in self.layers):
                 raise CompiledStepUnavailable("the compiled step has no per-head q/k norms")
-            self._compiled = CompiledDecodeStep(
+            self._compiled = CompiledForward(
                 embed=self.embed,
                 layers=[
                     LayerTensors(
@@ -364,7 +372,7 @@ class LlamaStep:
             first, stop = slot, slot + n
         if first < 0 or stop > keys.shape[2]:
             raise ValueError(f"slots {first}..{stop} do not fit a slab of {keys.shape[2]} slots")
-        if n == 1 and self.compiled_step_off is None:
+        if n <= COMPILED_MAX_ROWS and self.compiled_step_off is None:
             try:
                 compiled = self._compiled_step()
             except CompiledStepUnavailable as error:
@@ -372,8 +380,17 @@ class LlamaStep:
                 self.compiled_step_off = str(error)
             else:
                 cos, signed_sin = self._rotary_rows(first, stop)
+                if scattered:
+                    cos, signed_sin = cos[slots - first], signed_sin[slots - first]
                 return compiled(
-                    int(ids[0]), first, keys, values, cos, signed_sin, torch.get_num_threads()
+                    ids.tolist(),
+                    slots.tolist() if scattered else range(first, stop),
+                    keys,
+                    values,
+                    cos,
+                    signed_sin,
+                    torch.get_num_threads(),
+                    all_logits=all_logits,
                 )
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         groups = heads // kv_heads

@@ -336,17 +336,25 @@ def test_cuda_graphs_need_a_model_on_a_cuda_device(loaded_random_model) -> None:
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_drafts_are_verified_only_where_one_token_steps_are_not_compiled(
+def test_drafts_verified_in_the_compiled_pass_or_torch_give_the_plain_suggestion(
     loaded_random_model, monkeypatch, compiled: bool
 ) -> None:
     if not compiled:
         monkeypatch.setenv("PIE_LSP_COMPILED_STEP", "0")
-    settings = CompletionSettings(max_new_tokens=24, max_prompt_tokens=256, speculative_tokens=4)
-    engine = CompletionEngine(loaded_random_model, settings)
-    engine.open_document(URI, SOURCE, 1, "python")
-    engine.complete(URI, SOURCE.index("    return value") + len("    return value"))
-    region = engine.active_region(URI)
-    assert region is not None and region.cache is not None
-    assert region.cache.compiled_one_token_steps is compiled
-    drafted = engine.stats(URI)[URI]["speculative_drafted_total"]
-    assert (drafted == 0) is compiled
+    cursor = SOURCE.index("    return value") + len("    return value")
+    suggestions, drafted = [], []
+    for speculative_tokens in (4, 0):
+        settings = CompletionSettings(
+            max_new_tokens=24, max_prompt_tokens=256, speculative_tokens=speculative_tokens
+        )
+        engine = CompletionEngine(loaded_random_model, settings)
+        engine.open_document(URI, SOURCE, 1, "python")
+        completion = engine.complete(URI, cursor)
+        suggestions.append((completion.text, completion.reason, completion.tokens_generated))
+        region = engine.active_region(URI)
+        assert region is not None and region.cache is not None
+        step = region.cache._lean_step
+        assert step is not None and (step.compiled_step_off is None) is compiled
+        drafted.append(engine.stats(URI)[URI]["speculative_drafted_total"])
+    assert drafted[0] > 0 and drafted[1] == 0
+    assert suggestions[0] == suggestions[1]

@@ -1,6 +1,7 @@
-"""The compiled one-token step (kernels/llama_decode_cpu.c) against the torch lean step, its
-reference (cache_engine/kv/llama_step.py); tests/kv/test_llama_step.py also runs it, through
-EditableCache, against the transformers forward."""
+"""The compiled pass (kernels/llama_decode_cpu.c) against the torch lean step, its reference
+(cache_engine/kv/llama_step.py), for one token and for several at adjacent or scattered slots;
+tests/kv/test_llama_step.py also runs it, through EditableCache, against the transformers
+forward."""
 
 from __future__ import annotations
 
@@ -69,6 +70,49 @@ def test_matches_the_torch_step_at_every_kind_of_slot(model) -> None:
     compare(model, [0, 1, 3, 64, 65, 130, 149])
 
 
+def compare_rows(model, runs: list[list[int]], all_logits: bool, capacity: int = 150) -> None:
+    """Each run of slots goes through both steps as one pass, in order, over the same slab."""
+    compiled = LlamaStep(model, compiled_step=True)
+    reference = LlamaStep(model, compiled_step=False)
+    keys, values = slab(model, capacity, 6)
+    ref_keys, ref_values = keys.clone(), values.clone()
+    rng = random.Random(7)
+    for slots in runs:
+        ids = torch.tensor([rng.randrange(model.config.vocab_size) for _ in slots])
+        adjacent = slots == list(range(slots[0], slots[0] + len(slots)))
+        at = slots[0] if adjacent else torch.tensor(slots)
+        logits = compiled(ids, at, keys, values, all_logits=all_logits)
+        expected = reference(ids, at, ref_keys, ref_values, all_logits=all_logits)
+        rows = len(slots) if all_logits else 1
+        assert logits.shape == expected.shape == (rows, model.config.vocab_size)
+        torch.testing.assert_close(logits, expected, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(keys, ref_keys, atol=5e-5, rtol=0)
+        torch.testing.assert_close(values, ref_values, atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("all_logits", [False, True])
+def test_passes_of_several_tokens_match_the_torch_step(model, all_logits: bool) -> None:
+    # A prefill from slot 0, a verify-like run after it, a run of 16 (more than one group of
+    # transposed columns' rows) ending at the slab's last slot, and scattered slots: an edit's
+    # new tokens with the document's last token re-fed far after them.
+    compare_rows(
+        model,
+        [list(range(0, 5)), list(range(5, 14)), [20, 21, 22, 90], list(range(134, 150))],
+        all_logits,
+    )
+
+
+def test_a_pass_of_several_tokens_equals_them_one_at_a_time(model) -> None:
+    compiled = LlamaStep(model, compiled_step=True)
+    keys, values = slab(model, 60, 8)
+    one_keys, one_values = keys.clone(), values.clone()
+    ids = torch.tensor([3, 1, 4, 1, 5, 9, 2])
+    together = compiled(ids, 30, keys, values, all_logits=True)
+    apart = torch.cat([compiled(ids[i : i + 1], 30 + i, one_keys, one_values) for i in range(7)])
+    torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(keys, one_keys, atol=1e-5, rtol=0)
+
+
 def test_matches_with_weights_stored_transposed(model) -> None:
     compiled = LlamaStep(model, compiled_step=True)
     keys, values = slab(model, 40, 2)
@@ -78,6 +122,7 @@ def test_matches_with_weights_stored_transposed(model) -> None:
     after = compiled(torch.tensor([3]), 20, keys.clone(), values.clone())
     torch.testing.assert_close(after, before, atol=2e-5, rtol=1e-5)
     compare(model, [0, 17, 39], capacity=40)
+    compare_rows(model, [list(range(3, 10)), [12, 13, 30]], all_logits=True, capacity=40)
 
 
 def test_one_thread_and_two_give_the_same_bits(model) -> None:
@@ -87,7 +132,16 @@ def test_one_thread_and_two_give_the_same_bits(model) -> None:
     results = []
     for threads in (1, 2):
         keys, values = slab(model, 100, 3)
-        logits = compiled(5, 99, keys, values, cos[99], signed_sin[99], threads)
+        logits = compiled(
+            [5, 6, 7],
+            [90, 91, 99],
+            keys,
+            values,
+            cos[[90, 91, 99]],
+            signed_sin[[90, 91, 99]],
+            threads,
+            all_logits=True,
+        )
         results.append((logits, keys, values))
     for one, two in zip(*results):
         assert torch.equal(one, two)
@@ -111,19 +165,26 @@ def test_bad_arguments_name_the_bad_value() -> None:
     cos, signed_sin = LlamaStep(model, compiled_step=False).rotary_table(8)
     keys, values = slab(model, 8, 5)
     vocab = model.config.vocab_size
+    one = (cos[:1], signed_sin[:1], 2)
     with pytest.raises(ValueError, match=f"token {vocab} is outside the vocabulary of {vocab}"):
-        compiled(vocab, 0, keys, values, cos[0], signed_sin[0], 2)
+        compiled([vocab], [0], keys, values, *one)
     with pytest.raises(ValueError, match="slot 8 is outside the slab's 8 slots"):
-        compiled(1, 8, keys, values, cos[0], signed_sin[0], 2)
+        compiled([1], [8], keys, values, *one)
     with pytest.raises(ValueError, match=r"keys must be \[2, 2, capacity, 16\], got \(2, 2, 8\)"):
-        compiled(1, 0, keys[..., 0], values, cos[0], signed_sin[0], 2)
+        compiled([1], [0], keys[..., 0], values, *one)
     with pytest.raises(
         CompiledStepUnavailable, match=r"float32 CPU tensors; keys is torch\.float64"
     ):
-        compiled(1, 0, keys.double(), values, cos[0], signed_sin[0], 2)
+        compiled([1], [0], keys.double(), values, *one)
+    with pytest.raises(ValueError, match=r"slots \[3, 3\] are not increasing"):
+        compiled([1, 2], [3, 3], keys, values, cos[:2], signed_sin[:2], 2)
+    with pytest.raises(ValueError, match="65 tokens at 65 slots: a pass takes 1 to 64 tokens"):
+        compiled([1] * 65, range(65), keys, values, cos, signed_sin, 2)
+    with pytest.raises(ValueError, match="cos must be 2 x 16 contiguous values"):
+        compiled([1, 2], [3, 4], keys, values, cos[:1], signed_sin[:2], 2)
     untouched = keys.clone()
     with pytest.raises(ValueError):
-        compiled(1, 0, keys, values[:, :, :4], cos[0], signed_sin[0], 2)
+        compiled([1], [0], keys, values[:, :, :4], *one)
     assert torch.equal(keys, untouched)
 
 
