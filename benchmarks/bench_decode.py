@@ -42,6 +42,7 @@ from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
 from benchmarks.machine import machine_record, streaming_read_bandwidth
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
+from cache_engine.model.huge_pages import store_weights_in_huge_pages
 from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"
@@ -156,6 +157,7 @@ def run_model(
         if layout == "transposed":
             # Same values, so the prefilled caches stay valid.
             store_weights_transposed(model)
+            store_weights_in_huge_pages(model)  # as load_model would
         tokens = {method: decode() for method, decode in decoders.items()}  # also the warm-up
         samples = measure(decoders, args.repeats, args.new_tokens - 1, weights_sized)
         ms = {method: statistics.median(values) for method, values in samples.items()}

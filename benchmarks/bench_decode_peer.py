@@ -37,6 +37,7 @@ def measure(repeats: int, threads: int) -> dict:
     from benchmarks.bench_llamacpp import LlamaCppContext, LlamaCppModel, write_gguf
     from cache_engine.kv.editable_cache import EditableCache
     from cache_engine.kv.llama_step import store_weights_transposed
+    from cache_engine.model.huge_pages import store_weights_in_huge_pages
     from cache_engine.model.loading import default_decode_layout
     from kernels.blas_linear import blas_products_usable
 
@@ -56,6 +57,7 @@ def measure(repeats: int, threads: int) -> dict:
     first_logits = llama.decode(ids, 0)
     if default_decode_layout(model.config.model_type, torch.device("cpu"), torch.float32):
         store_weights_transposed(model)  # as load_model would
+    store_weights_in_huge_pages(model)  # as load_model would
     cache = EditableCache(model, strategy="pie", initial_capacity=len(ids) + 48, forward="lean")
     cache.reset(ids)
 

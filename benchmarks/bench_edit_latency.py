@@ -26,6 +26,7 @@ from benchmarks.machine import machine_record
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 from cache_engine.model.corpus import collect_sources
+from cache_engine.model.huge_pages import store_weights_in_huge_pages
 from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "edit_latency.json"
@@ -50,6 +51,8 @@ def shaped_model(shape: dict) -> torch.nn.Module:
     config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Where load_model puts a CPU model's weights.
+    store_weights_in_huge_pages(model)
     return model.eval()
 
 

@@ -21,6 +21,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from cache_engine.kv.llama_step import LEAN_MODEL_TYPES, store_weights_transposed
 from cache_engine.kv.rotary import UnsupportedModelError, rotary_spec
 from cache_engine.model.cpu_threading import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
+from cache_engine.model.huge_pages import store_weights_in_huge_pages
 from cache_engine.model.quantization import quantize_int8_weight_only
 from kernels.blas_linear import blas_products_usable
 
@@ -139,6 +140,7 @@ def load_model(
     allow_pickle: bool = False,
     decode_layout: bool | None = None,
     quantize: Quantization | None = None,
+    huge_pages: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, and check that its cache can be edited with PIE.
 
@@ -150,6 +152,8 @@ def load_model(
     `quantize="int8"` stores the linear layers' weights, lm_head included, as int8 with one
     scale per output channel (`quantize_int8_weight_only`); `dtype` is then the activations'
     and the remaining weights' (embedding, norms) dtype.
+    `huge_pages` moves the weights of a model on CPU into transparent huge pages where Linux
+    offers them (`store_weights_in_huge_pages`: a CPU decode step streams them about 6 % faster).
     """
     source, local = _resolve_source(name_or_path)
     if dtype is not None and dtype not in _DTYPES:
@@ -213,6 +217,9 @@ def load_model(
         decode_layout = default_decode_layout(config.model_type, torch_device, torch_dtype)
     if decode_layout:
         store_weights_transposed(model)
+    if huge_pages and torch_device.type == "cpu":
+        # Last: the layout and the quantization above each allocate anew.
+        store_weights_in_huge_pages(model)
     fim = find_fim_tokens(tokenizer)
     if fim is None:
         log.info("model %s has no fill-in-the-middle tokens: FIM is off", name_or_path)
