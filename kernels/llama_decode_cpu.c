@@ -241,24 +241,43 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
             store(y + r * out, o, dot(p->weight + o * in, x + r * in, in), p->bias, accumulate);
 }
 
+/* sum[r][c] = Σ_i x[r, i]·w[i, c] over one block of `width` output columns of a transposed
+ * weight (row stride `out`) for `count` input rows: inlined with count and width constants for
+ * the common cases, so that the sums stay in registers. */
+static inline __attribute__((always_inline)) void column_block(
+    const float *restrict w0, int64_t out, const float *restrict x, int64_t in, int64_t count,
+    int64_t width, float sum[COLUMN_ROWS][COLUMN_BLOCK]) {
+    for (int64_t i = 0; i < in; i++) {
+        const float *restrict w = w0 + i * out;
+        for (int64_t r = 0; r < count; r++) {
+            float xi = x[r * in + i];
+#pragma omp simd
+            for (int64_t c = 0; c < width; c++) sum[r][c] += xi * w[c];
+        }
+    }
+}
+
 /* The same for W stored [in, out] row-major: a block of output columns at a time, accumulated
  * for up to COLUMN_ROWS inputs together over one pass down the block. */
 static void columns_product(const projection_t *p, const float *x, float *y, int64_t rows,
                             int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
     for (int64_t c0 = o0; c0 < o1; c0 += COLUMN_BLOCK) {
         int64_t width = o1 - c0 < COLUMN_BLOCK ? o1 - c0 : COLUMN_BLOCK;
+        const float *w0 = p->weight + c0;
         for (int64_t r0 = 0; r0 < rows; r0 += COLUMN_ROWS) {
             int64_t count = rows - r0 < COLUMN_ROWS ? rows - r0 : COLUMN_ROWS;
+            const float *xr = x + r0 * in;
             float sum[COLUMN_ROWS][COLUMN_BLOCK] = {{0}};
-            for (int64_t i = 0; i < in; i++) {
-                const float *w = p->weight + i * out + c0;
-                for (int64_t r = 0; r < count; r++) {
-                    float xi = x[(r0 + r) * in + i];
-                    float *row_sum = sum[r];
-#pragma omp simd
-                    for (int64_t c = 0; c < width; c++) row_sum[c] += xi * w[c];
-                }
-            }
+            if (width < COLUMN_BLOCK)
+                column_block(w0, out, xr, in, count, width, sum);
+            else if (count == 1)
+                column_block(w0, out, xr, in, 1, COLUMN_BLOCK, sum);
+            else if (count == 2)
+                column_block(w0, out, xr, in, 2, COLUMN_BLOCK, sum);
+            else if (count == 3)
+                column_block(w0, out, xr, in, 3, COLUMN_BLOCK, sum);
+            else
+                column_block(w0, out, xr, in, COLUMN_ROWS, COLUMN_BLOCK, sum);
             for (int64_t r = 0; r < count; r++)
                 for (int64_t c = 0; c < width; c++)
                     store(y + (r0 + r) * out, c0 + c, sum[r][c], p->bias, accumulate);

@@ -242,12 +242,16 @@ class LlamaStep:
                     raise UnsupportedStepError(f"model {label}: {error}") from error
                 self.compiled_step_off = str(error)
 
+    def _projections(self) -> list[Projection]:
+        """lm_head, then every layer's seven projections, as `_linear_weights` holds them."""
+        return [self.lm_head] + [
+            p for w in self.layers for p in (w.q, w.k, w.v, w.o, w.gate, w.up, w.down)
+        ]
+
     def _weight_tensors(self) -> list[torch.Tensor]:
         tensors = [self.embed, self.final_norm]
         tensors += [n for w in self.layers for n in (w.input_norm, w.post_attention_norm)]
-        for projection in [self.lm_head] + [
-            p for w in self.layers for p in (w.q, w.k, w.v, w.o, w.gate, w.up, w.down)
-        ]:
+        for projection in self._projections():
             if isinstance(projection, Int8WeightOnlyLinear):
                 raise CompiledStepUnavailable("the compiled step has no int8 products")
             tensors += [t for t in projection if t is not None]
@@ -311,11 +315,9 @@ class LlamaStep:
         """Bytes of weights one decode step reads: every layer, the final norm and lm_head (the
         embedding lookup reads one row)."""
         tensors = [self.final_norm, self.embed[0]]
-        projections = [self.lm_head]
         for w in self.layers:
             tensors += [w.input_norm, w.post_attention_norm, w.q_norm, w.k_norm]
-            projections += [w.q, w.k, w.v, w.o, w.gate, w.up, w.down]
-        for projection in projections:
+        for projection in self._projections():
             # An int8 projection reads its int8 weight, its scales and its bias.
             is_int8 = isinstance(projection, Int8WeightOnlyLinear)
             tensors += projection.buffers() if is_int8 else projection
