@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from cache_engine.completion.settings import EDIT_STRATEGIES
 from cache_engine.model.cpu_threading import choose_openmp_wait_policy
-from lsp_server.framing import ResyncingInput
+from lsp_server.framing import ClosedPipeOutput, ResyncingInput
 from lsp_server.server import VERSION, LaunchOptions, create_server
 
 log = logging.getLogger("lsp_server")
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         server.start_tcp(arguments.host, arguments.port)
     else:
-        server.start_io(ResyncingInput(sys.stdin.buffer))
+        server.start_io(ResyncingInput(sys.stdin.buffer), ClosedPipeOutput(sys.stdout.buffer))
     # The client is gone (exit, or end of input): stop a generation still running, or the
     # interpreter would wait for the worker thread to finish it before exiting.
     server.worker.shutdown()

@@ -308,3 +308,28 @@ async def test_client_gone_while_the_model_loads_leaves_no_traceback(
         assert "Traceback" not in errors and "Error" not in errors, errors
     finally:
         await server.kill()
+
+
+@pytest.mark.asyncio
+async def test_client_that_stops_reading_before_the_shutdown_answer_leaves_a_quiet_log(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Neovim's :qa! after an editing session: shutdown and exit sent, the pipe closed unread.
+    log_file = tmp_path / "server.log"
+    server = await Server.start(tiny_model_dir, log_file, stderr=asyncio.subprocess.PIPE)
+    try:
+        await server.initialize()
+        server.complete(2)
+        await server.wait_for(lambda m: m.get("id") == 2)
+        assert server.process.stdin is not None
+        server.process._transport.get_pipe_transport(1).close()  # the client stops reading
+        server.send({"id": 3, "method": "shutdown"})
+        server.send({"method": "exit"})
+        server.process.stdin.close()
+        assert await server.exit_code() == 0
+        assert await read_stderr(server) == ""
+        log = log_file.read_text()
+        assert "Traceback" not in log and " ERROR " not in log, log
+        assert "the client closed the server's output" in log
+    finally:
+        await server.kill()
