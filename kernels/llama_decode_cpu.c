@@ -142,7 +142,8 @@ static void forget_helpers(void) {
     atomic_store(&pool.sleeping, 0);
 }
 
-/* Starts helpers until there are threads-1 of them; returns how many threads a step may use. */
+/* Starts helpers until there are threads-1 of them; returns how many threads a step may use:
+ * `threads`, or fewer where helpers could not be started. */
 static int pool_threads(int threads) {
     static int fork_handler;
     if (!fork_handler) fork_handler = pthread_atfork(NULL, NULL, forget_helpers) == 0;
@@ -154,7 +155,7 @@ static int pool_threads(int threads) {
             break;
         pool.helpers++;
     }
-    return pool.helpers + 1;
+    return threads < pool.helpers + 1 ? threads : pool.helpers + 1;
 }
 
 /* ---- arithmetic ---------------------------------------------------------------------------- */

@@ -34,6 +34,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,6 +293,8 @@ class CompiledForward:
         self._scratch = torch.empty(0)
         self._scratch_rows = 0
         self._slab: tuple[int, int, int] = (0, 0, 0)
+        # The structs and the scratch are changed before each pass: one pass at a time.
+        self._lock = threading.Lock()
 
     def __call__(
         self,
@@ -345,6 +348,22 @@ class CompiledForward:
             _float32_cpu(name, rows)
             if rows.numel() != n * head_dim or not rows.is_contiguous():
                 raise ValueError(f"{name} must be {n} x {head_dim} contiguous values")
+        with self._lock:
+            return self._run(tokens, slots, keys, values, cos, signed_sin, threads, all_logits)
+
+    def _run(
+        self,
+        tokens: Sequence[int],
+        slots: Sequence[int],
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cos: torch.Tensor,
+        signed_sin: torch.Tensor,
+        threads: int,
+        all_logits: bool,
+    ) -> torch.Tensor:
+        layers, kv_heads, head_dim = self.shape
+        n, capacity = len(tokens), keys.shape[2]
         model = self._model
         slab = (keys.data_ptr(), values.data_ptr(), capacity)
         if slab != self._slab:

@@ -165,9 +165,9 @@ class LlamaStep:
     several rows through oneDNN (kernels/onednn_linear.py); None uses it for float32 weights on
     CPU where `onednn_linear_usable()`. `compiled_step`: passes of up to `COMPILED_MAX_ROWS`
     tokens through the compiled C pass (kernels/llama_decode_cpu.py); None uses it where it can
-    be built and reproduces this model (float32 on CPU, plain projections, no per-head norms) unless the environment
-    sets `PIE_LSP_COMPILED_STEP=0`; True raises UnsupportedStepError where it cannot. Why it is
-    off is in `compiled_step_off`."""
+    be built and reproduces this model (float32 on CPU, plain projections, no per-head norms)
+    unless the environment sets `PIE_LSP_COMPILED_STEP=0`; True raises UnsupportedStepError
+    where it cannot. Why it is off is in `compiled_step_off`."""
 
     def __init__(
         self,

@@ -35,13 +35,19 @@ def huge_pages_available() -> bool:
 
 
 def huge_page_buffer(nbytes: int) -> torch.Tensor:
-    """A uint8 CPU tensor of `nbytes` bytes on anonymous memory marked for huge pages (zeroed;
-    the pages are faulted in on first write). The tensor keeps the mapping alive."""
+    """A uint8 CPU tensor of `nbytes` bytes on anonymous memory marked for huge pages, starting
+    on a huge-page boundary (zeroed; the pages are faulted in on first write). The tensor keeps
+    the mapping alive."""
     if nbytes <= 0:
         raise ValueError(f"a huge-page buffer needs a positive size, not {nbytes} bytes")
-    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    # The kernel aligns an anonymous mapping to 2 MB only for lengths that are multiples of it
+    # (Linux 6.7+), so map a page more and start at the first boundary inside.
+    length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE
+    mapping = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     mapping.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(mapping, dtype=torch.uint8)
+    whole = torch.frombuffer(mapping, dtype=torch.uint8)
+    start = -whole.data_ptr() % HUGE_PAGE
+    return whole[start : start + nbytes]
 
 
 def _movable(tensor: torch.Tensor) -> bool:

@@ -82,6 +82,8 @@ def compare_rows(model, runs: list[list[int]], all_logits: bool, capacity: int =
         adjacent = slots == list(range(slots[0], slots[0] + len(slots)))
         at = slots[0] if adjacent else torch.tensor(slots)
         logits = compiled(ids, at, keys, values, all_logits=all_logits)
+        # Not a silent fall-back to torch.
+        assert compiled.compiled_step_off is None
         expected = reference(ids, at, ref_keys, ref_values, all_logits=all_logits)
         rows = len(slots) if all_logits else 1
         assert logits.shape == expected.shape == (rows, model.config.vocab_size)
@@ -92,9 +94,9 @@ def compare_rows(model, runs: list[list[int]], all_logits: bool, capacity: int =
 
 @pytest.mark.parametrize("all_logits", [False, True])
 def test_passes_of_several_tokens_match_the_torch_step(model, all_logits: bool) -> None:
-    # A prefill from slot 0, a verify-like run after it, a run of 16 (more than one group of
-    # transposed columns' rows) ending at the slab's last slot, and scattered slots: an edit's
-    # new tokens with the document's last token re-fed far after them.
+    # A prefill from slot 0, a verify-like run after it, a run of 16 ending at the slab's last
+    # slot, and scattered slots: an edit's new tokens with the document's last token re-fed far
+    # after them.
     compare_rows(
         model,
         [list(range(0, 5)), list(range(5, 14)), [20, 21, 22, 90], list(range(134, 150))],
@@ -111,6 +113,7 @@ def test_a_pass_of_several_tokens_equals_them_one_at_a_time(model) -> None:
     apart = torch.cat([compiled(ids[i : i + 1], 30 + i, one_keys, one_values) for i in range(7)])
     torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(keys, one_keys, atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, one_values, atol=1e-5, rtol=0)
 
 
 def test_matches_with_weights_stored_transposed(model) -> None:
@@ -122,7 +125,9 @@ def test_matches_with_weights_stored_transposed(model) -> None:
     after = compiled(torch.tensor([3]), 20, keys.clone(), values.clone())
     torch.testing.assert_close(after, before, atol=2e-5, rtol=1e-5)
     compare(model, [0, 17, 39], capacity=40)
-    compare_rows(model, [list(range(3, 10)), [12, 13, 30]], all_logits=True, capacity=40)
+    # Every count of rows a group of transposed columns takes (1-4), and more than one group.
+    runs = [[0, 1], list(range(3, 8)), list(range(8, 14)), [14, 15, 16], [20], list(range(21, 30))]
+    compare_rows(model, runs, all_logits=True, capacity=40)
 
 
 def test_one_thread_and_two_give_the_same_bits(model) -> None:

@@ -28,7 +28,8 @@ def big_model(**overrides):
 @needs_huge_pages
 @pytest.mark.parametrize("transposed", [False, True])
 def test_values_layout_and_ties_stay(transposed: bool) -> None:
-    model = big_model()
+    # An MLP of 64 x 8,192: its three matrices move too, transposed when asked.
+    model = big_model(intermediate_size=8192)
     if transposed:
         store_weights_transposed(model)
     before = {
@@ -36,12 +37,18 @@ def test_values_layout_and_ties_stay(transposed: bool) -> None:
     }
     moved = store_weights_in_huge_pages(model)
     embed = model.model.embed_tokens.weight
-    assert moved == embed.nbytes == HUGE_PAGE
+    big = [p for p in model.parameters() if p.nbytes >= HUGE_PAGE]
+    assert len(big) == 1 + 3 * model.config.num_hidden_layers
+    assert moved == sum(p.nbytes for p in big)
     for name, parameter in model.named_parameters():
         values, stride, pointer = before[name]
         assert torch.equal(parameter, values) and parameter.stride() == stride
-        # Only what fills a huge page moves.
-        assert (parameter.data_ptr() != pointer) == (parameter is embed)
+        # Only what fills a huge page moves, and it starts on one.
+        moved_here = parameter.data_ptr() != pointer
+        assert moved_here == any(parameter is p for p in big)
+        assert not moved_here or parameter.data_ptr() % HUGE_PAGE == 0
+    if transposed:
+        assert not model.model.layers[0].mlp.up_proj.weight.is_contiguous()
     assert model.lm_head.weight is embed
 
 
@@ -56,9 +63,9 @@ def test_the_compiled_step_reads_the_moved_weights() -> None:
     store_weights_in_huge_pages(model)
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(2.0)
-    # The same step object follows the new storage (it rebuilds on a moved pointer).
+    # The same step object follows the new storage (it rebuilds on a moved pointer), in C.
     after = step(ids, 0, keys.clone(), values.clone(), all_logits=True)
-    store_weights_in_huge_pages(model)
+    assert step.compiled_step_off is None
     reference = LlamaStep(model, compiled_step=False)(ids, 0, keys, values, all_logits=True)
     torch.testing.assert_close(after, reference, atol=5e-5, rtol=1e-5)
     assert not torch.allclose(after, before)
@@ -80,5 +87,6 @@ def test_without_huge_pages_nothing_moves(monkeypatch, tmp_path) -> None:
 def test_a_buffer_needs_a_positive_size() -> None:
     with pytest.raises(ValueError, match="not 0 bytes"):
         huge_page_buffer(0)
-    buffer = huge_page_buffer(4096)
-    assert buffer.dtype == torch.uint8 and buffer.numel() == 4096 and int(buffer.sum()) == 0
+    buffer = huge_page_buffer(3 << 20)
+    assert buffer.dtype == torch.uint8 and buffer.numel() == 3 << 20 and int(buffer.sum()) == 0
+    assert buffer.data_ptr() % HUGE_PAGE == 0
