@@ -293,7 +293,6 @@ class CompiledForward:
         self._scratch = torch.empty(0)
         self._scratch_rows = 0
         self._slab: tuple[int, int, int] = (0, 0, 0)
-        # The structs and the scratch are changed before each pass: one pass at a time.
         self._lock = threading.Lock()
 
     def __call__(
@@ -348,55 +347,43 @@ class CompiledForward:
             _float32_cpu(name, rows)
             if rows.numel() != n * head_dim or not rows.is_contiguous():
                 raise ValueError(f"{name} must be {n} x {head_dim} contiguous values")
+        # The structs and the scratch change before each pass: one pass at a time.
         with self._lock:
-            return self._run(tokens, slots, keys, values, cos, signed_sin, threads, all_logits)
-
-    def _run(
-        self,
-        tokens: Sequence[int],
-        slots: Sequence[int],
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        cos: torch.Tensor,
-        signed_sin: torch.Tensor,
-        threads: int,
-        all_logits: bool,
-    ) -> torch.Tensor:
-        layers, kv_heads, head_dim = self.shape
-        n, capacity = len(tokens), keys.shape[2]
-        model = self._model
-        slab = (keys.data_ptr(), values.data_ptr(), capacity)
-        if slab != self._slab:
-            key_base, value_base, _ = slab
-            model.capacity = capacity
-            layer_bytes = 4 * kv_heads * capacity * head_dim
-            for index in range(layers):
-                layer = self._layers[index]
-                layer.keys = key_base + index * layer_bytes
-                layer.values = value_base + index * layer_bytes
-            self._slab = slab
-            self._scratch_rows = 0
-        if n > self._scratch_rows:
-            # What a pass needs depends on its rows and the slab's capacity only.
-            needed = self.library.pie_forward_scratch_floats(ctypes.byref(model), n)
-            if self._scratch.numel() < needed:
-                self._scratch = torch.empty(needed, dtype=torch.float32)
-            self._scratch_rows = n
-        ids = torch.tensor([*tokens, *slots], dtype=torch.int64)
-        logit_rows = n if all_logits else 1
-        logits = torch.empty(logit_rows, self.vocab, dtype=torch.float32)
-        status = self.library.pie_forward(
-            ctypes.byref(model),
-            n,
-            ids.data_ptr(),
-            ids.data_ptr() + 8 * n,
-            cos.data_ptr(),
-            signed_sin.data_ptr(),
-            logits.data_ptr(),
-            logit_rows,
-            self._scratch.data_ptr(),
-            threads,
-        )
-        if status != 0:
-            raise ValueError(f"the compiled pass refused tokens {list(tokens)} at {list(slots)}")
-        return logits
+            model = self._model
+            slab = (keys.data_ptr(), values.data_ptr(), capacity)
+            if slab != self._slab:
+                key_base, value_base, _ = slab
+                model.capacity = capacity
+                layer_bytes = 4 * kv_heads * capacity * head_dim
+                for index in range(layers):
+                    layer = self._layers[index]
+                    layer.keys = key_base + index * layer_bytes
+                    layer.values = value_base + index * layer_bytes
+                self._slab = slab
+                self._scratch_rows = 0
+            if n > self._scratch_rows:
+                # What a pass needs depends on its rows and the slab's capacity only.
+                needed = self.library.pie_forward_scratch_floats(ctypes.byref(model), n)
+                if self._scratch.numel() < needed:
+                    self._scratch = torch.empty(needed, dtype=torch.float32)
+                self._scratch_rows = n
+            ids = torch.tensor([*tokens, *slots], dtype=torch.int64)
+            logit_rows = n if all_logits else 1
+            logits = torch.empty(logit_rows, self.vocab, dtype=torch.float32)
+            status = self.library.pie_forward(
+                ctypes.byref(model),
+                n,
+                ids.data_ptr(),
+                ids.data_ptr() + 8 * n,
+                cos.data_ptr(),
+                signed_sin.data_ptr(),
+                logits.data_ptr(),
+                logit_rows,
+                self._scratch.data_ptr(),
+                threads,
+            )
+            if status != 0:
+                raise ValueError(
+                    f"the compiled pass refused tokens {list(tokens)} at {list(slots)}"
+                )
+            return logits

@@ -607,10 +607,13 @@ class EditableCache:
                 proposal = proposal[: max(0, self.max_capacity - slot - 1)]
             self._ensure_capacity(slot + 1 + len(proposal), keep=slot)
             step = self._forward([token, *proposal], slot, keep_logits=False, all_logits=True)
-            # Row by row, and only the rows kept (see _most_likely).
+            # Row by row, and only the rows kept (see _most_likely); the row after the kept
+            # ones gives the next token.
             accepted = 0
-            while accepted < len(proposal) and _most_likely(step[accepted]) == proposal[accepted]:
+            token = _most_likely(step[0], allowed)
+            while accepted < len(proposal) and token == proposal[accepted]:
                 accepted += 1
+                token = _most_likely(step[accepted], allowed)
             if draft is not None and proposal:
                 draft.record(accepted, len(proposal))
             for index in range(accepted):
@@ -623,7 +626,6 @@ class EditableCache:
                 if len(generated) >= limit:
                     return generated
             logits = step[accepted]
-            token = _most_likely(logits, allowed)
 
     # ---- internals -----------------------------------------------------------------------
 
