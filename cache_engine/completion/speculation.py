@@ -19,6 +19,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+# Keys of the prompt's n-grams: a polynomial hash modulo 2^64. Two n-grams that collide give a
+# wrong draft, which verification rejects: a wasted row, never a wrong token.
+_HASH_BASE = 0x9E3779B97F4A7C15
+_HASH_MASK = 2**64 - 1
+
+
+def _hash(tokens: Sequence[int]) -> int:
+    key = 0
+    for token in tokens:
+        key = (key * _HASH_BASE + token) & _HASH_MASK
+    return key
+
+
+@dataclass(frozen=True)
+class _SortedNgrams:
+    """Every n-gram of one size in a run of ids, by key: `ends[i]` is where the n-gram with key
+    `keys[i]` ended (the index of the token that followed it), the latest last among equal
+    keys."""
+
+    keys: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray, size: int) -> _SortedNgrams:
+        count = max(len(ids) - size, 0)  # n-grams followed by a token
+        keys = np.zeros(count, dtype=np.uint64)
+        for offset in range(size if count else 0):
+            keys = keys * np.uint64(_HASH_BASE) + ids[offset : offset + count]
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], (order + size).astype(np.int64))
+
+    def latest(self, key: int) -> int | None:
+        at = int(np.searchsorted(self.keys, np.uint64(key), side="right")) - 1
+        return int(self.ends[at]) if at >= 0 and self.keys[at] == key else None
+
 
 @dataclass
 class PromptLookup:
@@ -27,8 +64,11 @@ class PromptLookup:
     draft is `first_draft` tokens long, the next ones follow the acceptance (module doc), or
     all are `draft_tokens` long with `adaptive=False`.
 
-    One instance serves one generation, whose ids only grow: n-grams are indexed once, as the
-    ids arrive, so a lookup costs a few dictionary reads whatever the prompt's length.
+    One instance serves one generation, whose ids only grow. The ids of the first call (the
+    prompt) are indexed at once in numpy, sorted by key (a dictionary insert per n-gram cost 1.2
+    ms for a 1,150-token prompt, a tenth of a 32-token completion on the default model); the
+    ids that arrive later go into a dictionary. A lookup costs a dictionary read and a binary
+    search whatever the prompt's length.
     """
 
     draft_tokens: int = 8
@@ -39,6 +79,7 @@ class PromptLookup:
     drafted: int = 0
     accepted: int = 0
     _follows: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False)
+    _prompt: dict[int, _SortedNgrams] | None = field(default=None, repr=False)
     _indexed: int = 0
     _length: int | None = field(default=None, repr=False)
 
@@ -55,14 +96,22 @@ class PromptLookup:
         length = self.draft_length
         if length <= 0:
             return []
-        # Index every n-gram that ends before the last token, with where it was followed.
+        if self._prompt is None:
+            prompt = np.asarray(ids, dtype=np.uint64)
+            sizes = range(1, self.max_ngram + 1)
+            self._prompt = {size: _SortedNgrams.of(prompt, size) for size in sizes}
+            self._indexed = len(ids)
+        # Index every later n-gram that ends before the last token, with where it was followed.
         for end in range(max(self._indexed, 1), len(ids)):
             for size in range(1, self.max_ngram + 1):
                 if end - size >= 0:
                     self._follows[tuple(ids[end - size : end])] = end
-        self._indexed = len(ids)
+        self._indexed = max(self._indexed, len(ids))
         for size in range(min(self.max_ngram, len(ids)), self.min_ngram - 1, -1):
-            start = self._follows.get(tuple(ids[len(ids) - size :]))
+            tail = ids[len(ids) - size :]
+            start = self._follows.get(tuple(tail))
+            if start is None:
+                start = self._prompt[size].latest(_hash(tail))
             if start is not None and start < len(ids):
                 follow = list(ids[start : start + length])
                 self.drafted += len(follow)

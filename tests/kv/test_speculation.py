@@ -124,3 +124,24 @@ def test_the_draft_length_follows_the_acceptance() -> None:
     assert fixed(ids) == [10, 11, 12, 13, 14]
     fixed.record(0, 5)
     assert fixed(ids) == [10, 11, 12, 13, 14]
+
+
+def latest_follow(ids: list[int], length: int, max_ngram: int, min_ngram: int) -> list[int]:
+    """What PromptLookup should draft, by a plain scan from the end."""
+    for size in range(min(max_ngram, len(ids)), min_ngram - 1, -1):
+        tail = ids[len(ids) - size :]
+        for end in range(len(ids) - 1, size - 1, -1):
+            if ids[end - size : end] == tail:
+                return ids[end : end + length]
+    return []
+
+
+@pytest.mark.parametrize("vocab", [3, 20, 200_000])
+def test_prompt_lookup_drafts_what_a_scan_finds_as_ids_grow(vocab: int) -> None:
+    rng = random.Random(vocab)
+    for _ in range(40):
+        ids = [rng.randrange(vocab) for _ in range(rng.randrange(0, 200))]
+        lookup = PromptLookup(draft_tokens=6, adaptive=False)
+        for _ in range(15):  # the prompt is indexed in numpy, later ids in a dictionary
+            assert lookup(ids) == latest_follow(ids, 6, lookup.max_ngram, lookup.min_ngram)
+            ids = ids + [rng.randrange(vocab) for _ in range(rng.randrange(1, 4))]
