@@ -225,18 +225,70 @@ static inline void store(float *y, int64_t o, float value, const float *bias, in
     y[o] = accumulate ? y[o] + value : value;
 }
 
+/* The four 16-lane partial sums of rows[j]·x for the four consecutive rows of n values at `rows`
+ * (lanes not yet added; the tail past the last whole LANES goes into lane 0): one pass over x
+ * feeds four FMA chains. */
+static inline void dot_four_rows_partial(const float *rows, const float *x, int64_t n,
+                                         float *restrict partial) {
+    const float *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+    float s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};
+    int64_t whole = n - n % LANES;
+    for (int64_t i = 0; i < whole; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            float xi = x[i + l];
+            s0[l] += r0[i + l] * xi;
+            s1[l] += r1[i + l] * xi;
+            s2[l] += r2[i + l] * xi;
+            s3[l] += r3[i + l] * xi;
+        }
+    for (int64_t i = whole; i < n; i++) {
+        s0[0] += r0[i] * x[i];
+        s1[0] += r1[i] * x[i];
+        s2[0] += r2[i] * x[i];
+        s3[0] += r3[i] * x[i];
+    }
+#pragma omp simd
+    for (int l = 0; l < LANES; l++) {
+        partial[l] = s0[l];
+        partial[LANES + l] = s1[l];
+        partial[2 * LANES + l] = s2[l];
+        partial[3 * LANES + l] = s3[l];
+    }
+}
+
+/* Weight rows whose partial sums wait before their lanes are added. Adding a row's lanes as soon
+ * as its products were done put a chain of shuffles and adds between the loads of every four
+ * rows: one-token products over the 0.5B shape's matrices read them about 10 % slower than a
+ * plain sum over the same bytes, and at the read's speed with the lanes added every 64 rows. */
+#define DEFERRED_ROWS 64
+
 /* y[r, o] (+)= W[o]·x[r] + b[o] for outputs o0..o1 of a row-major [out, in] W and `rows` inputs
  * x [rows, in], y [rows, out]: four weight rows at a time, which then serve every input from L1
  * or L2, so the weights are read from memory once however many rows there are. */
 static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
                          int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
+    float partial[MAX_ROWS * 4 > DEFERRED_ROWS ? MAX_ROWS * 4 : DEFERRED_ROWS][LANES];
+    /* Weight rows per chunk: a multiple of four whose partial sums for all inputs fit. */
+    int64_t chunk = DEFERRED_ROWS / rows / 4 * 4;
+    if (chunk < 4) chunk = 4;
     int64_t o = o0;
-    for (; o + 4 <= o1; o += 4)
-        for (int64_t r = 0; r < rows; r++) {
-            float s[4];
-            dot_four_rows(p->weight + o * in, x + r * in, in, s);
-            for (int j = 0; j < 4; j++) store(y + r * out, o + j, s[j], p->bias, accumulate);
+    for (; o + 4 <= o1; o += chunk) {
+        int64_t end = o + chunk < o1 ? o + chunk : o1 - (o1 - o) % 4;
+        for (int64_t j = o; j < end; j += 4)
+            for (int64_t r = 0; r < rows; r++)
+                dot_four_rows_partial(p->weight + j * in, x + r * in, in,
+                                      partial[((j - o) * rows) + 4 * r]);
+        for (int64_t j = o; j < end; j += 4)
+            for (int64_t r = 0; r < rows; r++)
+                for (int q = 0; q < 4; q++)
+                    store(y + r * out, j + q, lanes_sum(partial[((j - o) * rows) + 4 * r + q]),
+                          p->bias, accumulate);
+        if (end < o + chunk) {
+            o = end;
+            break;
         }
+    }
     for (; o < o1; o++)
         for (int64_t r = 0; r < rows; r++)
             store(y + r * out, o, dot(p->weight + o * in, x + r * in, in), p->bias, accumulate);

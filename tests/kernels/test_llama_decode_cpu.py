@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from cache_engine.kv.editable_cache import EditableCache
-from cache_engine.kv.llama_step import LlamaStep, UnsupportedStepError, store_weights_transposed
+from cache_engine.kv.llama_step import (
+    COMPILED_MAX_ROWS,
+    LlamaStep,
+    UnsupportedStepError,
+    store_weights_transposed,
+)
 from cache_engine.model.loading import load_model
 from kernels import llama_decode_cpu
 from kernels.llama_decode_cpu import CompiledStepUnavailable, compiled_library
@@ -94,12 +99,19 @@ def compare_rows(model, runs: list[list[int]], all_logits: bool, capacity: int =
 
 @pytest.mark.parametrize("all_logits", [False, True])
 def test_passes_of_several_tokens_match_the_torch_step(model, all_logits: bool) -> None:
-    # A prefill from slot 0, a verify-like run after it, a run of 16 ending at the slab's last
-    # slot, and scattered slots: an edit's new tokens with the document's last token re-fed far
-    # after them.
+    # A prefill from slot 0, a verify-like run after it, scattered slots (an edit's new tokens
+    # with the document's last token re-fed far after them), the most rows a pass sends to C
+    # (past 16 rows, products hold back fewer weight rows' partial sums), and a run of 16 ending
+    # at the slab's last slot.
     compare_rows(
         model,
-        [list(range(0, 5)), list(range(5, 14)), [20, 21, 22, 90], list(range(134, 150))],
+        [
+            list(range(0, 5)),
+            list(range(5, 14)),
+            [20, 21, 22, 90],
+            list(range(91, 91 + COMPILED_MAX_ROWS)),
+            list(range(134, 150)),
+        ],
         all_logits,
     )
 
