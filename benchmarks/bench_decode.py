@@ -15,13 +15,14 @@ Each method decodes --new-tokens tokens after the same --context random token id
   plain   model(input_ids=[[token]], cache=DynamicCache) in a loop, argmax, nothing else
 ms/token is a run's time over its forward passes (the first token comes from the prefill's
 logits). Each model is measured with its weights as loaded, then again after
-`store_weights_transposed` (the same values, stored [in, out], which one-token products stream). The methods take turns within each repeat, so load on the machine falls on all of them;
-the tables show medians. The weight-read floor is the bytes of weights one step reads over the
-read bandwidth of this machine: a sum over a tensor of those bytes (in huge pages, as the
-weights are), same threads, best of
-three in every repeat beside the methods (the bandwidth here moves by a third within minutes),
-and the ratio to it is the median over repeats of that repeat's lean step over its read; the
-floor from one read at the start is kept as `..._at_start`. A 0.5B run with fewer
+`store_weights_transposed` (the same values, stored [in, out], which one-token products
+stream). The methods take turns within each repeat, so load on the machine falls on all of
+them; the tables show medians. The weight-read floor is the bytes of weights one step reads
+over the read bandwidth of this machine: a sum over a tensor of those bytes (in huge pages, as
+the weights are), same threads, best of two right before and two right after each method's run
+(the bandwidth here moves by a third within minutes, sometimes by half within a repeat). The
+ratio to it is the median over repeats of each run's step over the reads around it; the floor
+from one read at the start is kept as `..._at_start`. A 0.5B run with fewer
 layers is also scaled to the full 24 layers by weight bytes, which assumes a bandwidth-bound step.
 Results go to benchmarks/results/decode.json.
 """
@@ -105,26 +106,37 @@ def measure(
     repeats: int,
     forwards: int,
     weights_sized: torch.Tensor,
-) -> dict[str, list[float]]:
-    """ms per forward pass of each method in each repeat, and under "read" the ms of one read
-    of `weights_sized` (a buffer of the step's weight bytes, best of three) in the same repeat:
-    this machine's bandwidth moves by a third within minutes, so the floor is measured beside
-    the steps it bounds."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """ms per forward pass of each method in each repeat, with "read" the ms of one read of
+    `weights_sized` (a buffer of the step's weight bytes) in that repeat; and, for each method,
+    the read right around its run (best of two just before and two just after, averaged): this
+    machine's bandwidth moves by a third within minutes, so the floor is measured beside the
+    steps it bounds."""
     samples: dict[str, list[float]] = {method: [] for method in (*METHODS, "read")}
-    for repeat in range(repeats):
-        # Rotate who goes first, so a burst of load does not always hit the same method.
-        order = METHODS[repeat % len(METHODS) :] + METHODS[: repeat % len(METHODS)]
-        for method in order:
-            started = time.perf_counter()
-            decoders[method]()
-            samples[method].append((time.perf_counter() - started) * 1000 / forwards)
+    around: dict[str, list[float]] = {method: [] for method in METHODS}
+
+    def read_ms() -> float:
         reads = []
-        for _ in range(3):
+        for _ in range(2):
             started = time.perf_counter()
             weights_sized.sum()
             reads.append((time.perf_counter() - started) * 1000)
-        samples["read"].append(min(reads))
-    return samples
+        return min(reads)
+
+    for repeat in range(repeats):
+        # Rotate who goes first, so a burst of load does not always hit the same method.
+        order = METHODS[repeat % len(METHODS) :] + METHODS[: repeat % len(METHODS)]
+        reads = []
+        for method in order:
+            before = read_ms()
+            started = time.perf_counter()
+            decoders[method]()
+            samples[method].append((time.perf_counter() - started) * 1000 / forwards)
+            after = read_ms()
+            around[method].append((before + after) / 2)
+            reads += [before, after]
+        samples["read"].append(statistics.median(reads))
+    return samples, around
 
 
 def run_model(
@@ -167,13 +179,13 @@ def run_model(
             store_weights_transposed(model)
             store_weights_in_huge_pages(model)  # as load_model would
         tokens = {method: decode() for method, decode in decoders.items()}  # also the warm-up
-        samples = measure(decoders, args.repeats, args.new_tokens - 1, weights_sized)
+        samples, around = measure(decoders, args.repeats, args.new_tokens - 1, weights_sized)
         ms = {method: statistics.median(values) for method, values in samples.items()}
         floor_ms = ms.pop("read")
 
-        # Each repeat's step over the read beside it, so a slow minute slows both.
+        # Each run's step over the reads around it, so a slow minute slows both.
         over_floor = {
-            method: statistics.median(m / r for m, r in zip(samples[method], samples["read"]))
+            method: statistics.median(m / r for m, r in zip(samples[method], around[method]))
             for method in ("lean", "lean-torch")
         }
         rows.append(
@@ -188,6 +200,7 @@ def run_model(
                 "weight_read_floor_ms_at_start": start_floor_ms,
                 "ms_per_token": ms,
                 "samples_ms_per_token": samples,
+                "samples_read_ms_around": around,
                 "lean_over_plain": ms["lean"] / ms["plain"],
                 "hf_over_plain": ms["hf"] / ms["plain"],
                 "lean_over_weight_floor": over_floor["lean"],
