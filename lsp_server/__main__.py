@@ -127,9 +127,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         # pygls logs every message it sends at INFO: whole documents, on every change.
         logging.getLogger("pygls").setLevel(logging.WARNING)
     # Before the model loads torch (see cpu_threading.py).
-    policy = choose_openmp_wait_policy(arguments.model, arguments.device)
-    if policy is not None:
-        log.info("OMP_WAIT_POLICY=%s: the model's weights stream from memory", policy)
+    chosen = choose_openmp_wait_policy(arguments.model, arguments.device)
+    if chosen:
+        log.info(
+            "OpenMP workers for this model's size: %s",
+            " ".join(f"{name}={value}" for name, value in chosen.items()),
+        )
     options = LaunchOptions(
         model=arguments.model,
         device=arguments.device,
