@@ -1,6 +1,7 @@
 /* A forward pass of a Llama-family model (Llama, Mistral, Qwen2) for a few tokens (a decode
- * step, a verify pass, a short edit), in float32 on CPU, over a K/V slab: built and loaded by
- * kernels/llama_decode_cpu.py, which holds the why.
+ * step, a verify pass, a short edit) on CPU, over a K/V slab: built and loaded by
+ * kernels/llama_decode_cpu.py, which holds the why. Weights and the slab are float32 or
+ * bfloat16; the arithmetic is float32 throughout.
  *
  * Portable C: the inner loops are `omp simd` reductions (compiled with -fopenmp-simd, which
  * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
@@ -29,26 +30,50 @@
 #define SLOT_BLOCK 256
 
 typedef struct {
-    const float *weight; /* [out, in] row-major, or [in, out] row-major when transposed */
-    const float *bias;   /* [out] or NULL */
-    int64_t transposed;
+    const void *weight; /* [out, in] row-major, or [in, out] row-major when transposed */
+    const float *bias;  /* [out] or NULL */
+    int64_t transposed; /* float32 weights only */
+    int64_t bf16;       /* the weights are bfloat16, row-major */
 } projection_t;
 
 typedef struct {
     const float *input_norm, *post_attention_norm;
     projection_t q, k, v, o, gate, up, down;
-    float *keys, *values; /* this layer's [kv_heads, capacity, head_dim] */
+    void *keys, *values; /* this layer's [kv_heads, capacity, head_dim], float32 or bfloat16 */
 } layer_t;
 
 typedef struct {
     int64_t layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, capacity;
     double eps;
-    const float *embed;            /* [vocab, hidden], element (t, i) at t*embed_row + i*embed_col */
+    const void *embed; /* [vocab, hidden], element (t, i) at t*embed_row + i*embed_col */
     int64_t embed_row, embed_col;
     const float *final_norm;
     projection_t lm_head;
     const layer_t *layer;
+    int64_t embed_bf16; /* the embedding is bfloat16 */
+    int64_t slab_bf16;  /* the keys and values are stored as bfloat16 */
 } model_t;
+
+/* bfloat16 is the top half of a float32: widening is a shift. Narrowing rounds to nearest, ties
+ * to even, as torch's .to(torch.bfloat16) does, so the slab holds what torch would write. */
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline uint16_t float_to_bf16(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    if (value != value) return 0x7FC0;
+    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+static void widen(const uint16_t *restrict from, float *restrict to, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) to[i] = bf16_to_float(from[i]);
+}
 
 /* ---- the pool ------------------------------------------------------------------------------ */
 
@@ -257,6 +282,47 @@ static inline void dot_four_rows_partial(const float *rows, const float *x, int6
     }
 }
 
+/* The same for bfloat16 rows, widened as they are read. */
+static inline void dot_four_rows_partial_bf16(const uint16_t *rows, const float *x, int64_t n,
+                                              float *restrict partial) {
+    const uint16_t *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+    float s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};
+    int64_t whole = n - n % LANES;
+    for (int64_t i = 0; i < whole; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            float xi = x[i + l];
+            s0[l] += bf16_to_float(r0[i + l]) * xi;
+            s1[l] += bf16_to_float(r1[i + l]) * xi;
+            s2[l] += bf16_to_float(r2[i + l]) * xi;
+            s3[l] += bf16_to_float(r3[i + l]) * xi;
+        }
+    for (int64_t i = whole; i < n; i++) {
+        s0[0] += bf16_to_float(r0[i]) * x[i];
+        s1[0] += bf16_to_float(r1[i]) * x[i];
+        s2[0] += bf16_to_float(r2[i]) * x[i];
+        s3[0] += bf16_to_float(r3[i]) * x[i];
+    }
+#pragma omp simd
+    for (int l = 0; l < LANES; l++) {
+        partial[l] = s0[l];
+        partial[LANES + l] = s1[l];
+        partial[2 * LANES + l] = s2[l];
+        partial[3 * LANES + l] = s3[l];
+    }
+}
+
+static inline float dot_bf16(const uint16_t *w, const float *x, int64_t n) {
+    float sum[LANES] = {0};
+    int64_t whole = n - n % LANES;
+    for (int64_t i = 0; i < whole; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) sum[l] += bf16_to_float(w[i + l]) * x[i + l];
+    float tail = 0.0f;
+    for (int64_t i = whole; i < n; i++) tail += bf16_to_float(w[i]) * x[i];
+    return lanes_sum(sum) + tail;
+}
+
 /* Weight rows whose partial sums wait before their lanes are added. Adding a row's lanes as soon
  * as its products were done put a chain of shuffles and adds between the loads of every four
  * rows: one-token products over the 0.5B shape's matrices read them about 10 % slower than a
@@ -269,6 +335,8 @@ static inline void dot_four_rows_partial(const float *rows, const float *x, int6
 static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
                          int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
     float partial[MAX_ROWS * 4 > DEFERRED_ROWS ? MAX_ROWS * 4 : DEFERRED_ROWS][LANES];
+    const float *weight = p->weight;
+    const uint16_t *wide = p->weight;
     /* Weight rows per chunk: a multiple of four whose partial sums for all inputs fit. */
     int64_t chunk = DEFERRED_ROWS / rows / 4 * 4;
     if (chunk < 4) chunk = 4;
@@ -276,9 +344,13 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
     for (; o + 4 <= o1; o += chunk) {
         int64_t end = o + chunk < o1 ? o + chunk : o1 - (o1 - o) % 4;
         for (int64_t j = o; j < end; j += 4)
-            for (int64_t r = 0; r < rows; r++)
-                dot_four_rows_partial(p->weight + j * in, x + r * in, in,
-                                      partial[((j - o) * rows) + 4 * r]);
+            for (int64_t r = 0; r < rows; r++) {
+                float *into = partial[((j - o) * rows) + 4 * r];
+                if (p->bf16)
+                    dot_four_rows_partial_bf16(wide + j * in, x + r * in, in, into);
+                else
+                    dot_four_rows_partial(weight + j * in, x + r * in, in, into);
+            }
         for (int64_t j = o; j < end; j += 4)
             for (int64_t r = 0; r < rows; r++)
                 for (int q = 0; q < 4; q++)
@@ -290,8 +362,11 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
         }
     }
     for (; o < o1; o++)
-        for (int64_t r = 0; r < rows; r++)
-            store(y + r * out, o, dot(p->weight + o * in, x + r * in, in), p->bias, accumulate);
+        for (int64_t r = 0; r < rows; r++) {
+            float value = p->bf16 ? dot_bf16(wide + o * in, x + r * in, in)
+                                  : dot(weight + o * in, x + r * in, in);
+            store(y + r * out, o, value, p->bias, accumulate);
+        }
 }
 
 /* sum[r][c] = Σ_i x[r, i]·w[i, c] over one block of `width` output columns of a transposed
@@ -316,7 +391,7 @@ static void columns_product(const projection_t *p, const float *x, float *y, int
                             int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
     for (int64_t c0 = o0; c0 < o1; c0 += COLUMN_BLOCK) {
         int64_t width = o1 - c0 < COLUMN_BLOCK ? o1 - c0 : COLUMN_BLOCK;
-        const float *w0 = p->weight + c0;
+        const float *w0 = (const float *)p->weight + c0;
         for (int64_t r0 = 0; r0 < rows; r0 += COLUMN_ROWS) {
             int64_t count = rows - r0 < COLUMN_ROWS ? rows - r0 : COLUMN_ROWS;
             const float *xr = x + r0 * in;
@@ -429,11 +504,13 @@ static void mlp_in_task(void *context, int part, int parts) {
 
 typedef struct {
     const float *q; /* [rows, heads, head_dim], rotated */
-    const float *keys, *values;
+    const void *keys, *values;
     float *out;    /* [rows, heads, head_dim] */
     float *scores; /* [kv_heads, rows, groups, capacity] */
     const int64_t *lengths; /* row r sees slots 0..lengths[r]-1; increasing */
     int64_t rows, heads, kv_heads, head_dim, capacity;
+    int64_t slab_bf16;
+    float *widened; /* [kv_heads, SLOT_BLOCK, head_dim]: a bfloat16 block made float32 */
 } attention_t;
 
 /* One K/V head's attention for its group of query heads in every row, with head_dim `d`:
@@ -441,30 +518,40 @@ typedef struct {
  * by every query of every row; values go by blocks of slots, read from memory once and then
  * from L2 by each query. */
 static inline __attribute__((always_inline)) void attend(
-    const float *restrict q, int64_t stride, const float *restrict keys,
-    const float *restrict values, float *restrict out, float *restrict scores, int64_t rows,
-    const int64_t *restrict lengths, int64_t groups, int64_t d, int64_t capacity) {
+    const float *restrict q, int64_t stride, const void *keys_at, const void *values_at,
+    int bf16, float *restrict widened, float *restrict out, float *restrict scores,
+    int64_t rows, const int64_t *restrict lengths, int64_t groups, int64_t d,
+    int64_t capacity) {
     float scale = (float)(1.0 / sqrt((double)d));
     int64_t longest = lengths[rows - 1];
-    int64_t s = 0;
-    /* Four keys at a time; a row whose length ends inside the four gets scores past its end,
-     * which its softmax does not read. */
-    for (; s + 4 <= longest; s += 4)
-        for (int64_t r = 0; r < rows; r++) {
-            if (s >= lengths[r]) continue;
-            for (int64_t g = 0; g < groups; g++) {
-                float a[4];
-                dot_four_rows(keys + s * d, q + r * stride + g * d, d, a);
-                float *sg = scores + (r * groups + g) * capacity + s;
-                for (int j = 0; j < 4; j++) sg[j] = a[j] * scale;
-            }
+    /* Keys by blocks of slots, a bfloat16 block widened first; four keys at a time, and a row
+     * whose length ends inside the four gets scores past its end, which its softmax does not
+     * read. */
+    for (int64_t b0 = 0; b0 < longest; b0 += SLOT_BLOCK) {
+        int64_t b1 = b0 + SLOT_BLOCK < longest ? b0 + SLOT_BLOCK : longest;
+        const float *restrict keys = (const float *)keys_at + b0 * d;
+        if (bf16) {
+            widen((const uint16_t *)keys_at + b0 * d, widened, (b1 - b0) * d);
+            keys = widened;
         }
-    for (; s < longest; s++)
-        for (int64_t r = 0; r < rows; r++)
-            if (s < lengths[r])
-                for (int64_t g = 0; g < groups; g++)
-                    scores[(r * groups + g) * capacity + s] =
-                        dot(q + r * stride + g * d, keys + s * d, d) * scale;
+        int64_t s = b0;
+        for (; s + 4 <= b1; s += 4)
+            for (int64_t r = 0; r < rows; r++) {
+                if (s >= lengths[r]) continue;
+                for (int64_t g = 0; g < groups; g++) {
+                    float a[4];
+                    dot_four_rows(keys + (s - b0) * d, q + r * stride + g * d, d, a);
+                    float *sg = scores + (r * groups + g) * capacity + s;
+                    for (int j = 0; j < 4; j++) sg[j] = a[j] * scale;
+                }
+            }
+        for (; s < b1; s++)
+            for (int64_t r = 0; r < rows; r++)
+                if (s < lengths[r])
+                    for (int64_t g = 0; g < groups; g++)
+                        scores[(r * groups + g) * capacity + s] =
+                            dot(q + r * stride + g * d, keys + (s - b0) * d, d) * scale;
+    }
     for (int64_t r = 0; r < rows; r++)
         for (int64_t g = 0; g < groups; g++) {
             float *restrict sg = scores + (r * groups + g) * capacity;
@@ -486,40 +573,50 @@ static inline __attribute__((always_inline)) void attend(
 #pragma omp simd
             for (int64_t i = 0; i < d; i++) og[i] = 0.0f;
         }
-    for (int64_t s0 = 0; s0 < longest; s0 += SLOT_BLOCK)
+    for (int64_t s0 = 0; s0 < longest; s0 += SLOT_BLOCK) {
+        const float *restrict values = (const float *)values_at + s0 * d;
+        if (bf16) {
+            int64_t end = s0 + SLOT_BLOCK < longest ? s0 + SLOT_BLOCK : longest;
+            widen((const uint16_t *)values_at + s0 * d, widened, (end - s0) * d);
+            values = widened;
+        }
         for (int64_t r = 0; r < rows; r++) {
             int64_t s1 = s0 + SLOT_BLOCK < lengths[r] ? s0 + SLOT_BLOCK : lengths[r];
             for (int64_t g = 0; g < groups; g++) {
                 const float *restrict sg = scores + (r * groups + g) * capacity;
                 float *restrict og = out + r * stride + g * d;
                 for (int64_t t = s0; t < s1; t++) {
-                    const float *restrict v = values + t * d;
+                    const float *restrict v = values + (t - s0) * d;
                     float p = sg[t];
 #pragma omp simd
                     for (int64_t i = 0; i < d; i++) og[i] += p * v[i];
                 }
             }
         }
+    }
 }
 
 static void attention_task(void *context, int part, int parts) {
     attention_t *c = context;
     int64_t groups = c->heads / c->kv_heads, d = c->head_dim, stride = c->heads * d;
+    int64_t element = c->slab_bf16 ? 2 : 4;
     for (int64_t kv = part; kv < c->kv_heads; kv += parts) {
-        const float *keys = c->keys + kv * c->capacity * d;
-        const float *values = c->values + kv * c->capacity * d;
+        const char *keys = (const char *)c->keys + kv * c->capacity * d * element;
+        const char *values = (const char *)c->values + kv * c->capacity * d * element;
         const float *q = c->q + kv * groups * d;
         float *out = c->out + kv * groups * d;
         float *scores = c->scores + kv * c->rows * groups * c->capacity;
+        float *widened = c->widened + kv * SLOT_BLOCK * d;
+        int bf16 = c->slab_bf16 != 0;
         if (d == 64)
-            attend(q, stride, keys, values, out, scores, c->rows, c->lengths, groups, 64,
-                   c->capacity);
+            attend(q, stride, keys, values, bf16, widened, out, scores, c->rows, c->lengths,
+                   groups, 64, c->capacity);
         else if (d == 128)
-            attend(q, stride, keys, values, out, scores, c->rows, c->lengths, groups, 128,
-                   c->capacity);
+            attend(q, stride, keys, values, bf16, widened, out, scores, c->rows, c->lengths,
+                   groups, 128, c->capacity);
         else
-            attend(q, stride, keys, values, out, scores, c->rows, c->lengths, groups, d,
-                   c->capacity);
+            attend(q, stride, keys, values, bf16, widened, out, scores, c->rows, c->lengths,
+                   groups, d, c->capacity);
     }
 }
 
@@ -537,7 +634,8 @@ static void rotate(float *x, const float *cos, const float *signed_sin, int64_t 
 int64_t pie_forward_scratch_floats(const model_t *m, int64_t rows) {
     int64_t qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
     return rows * (2 * m->hidden + qkv + m->heads * m->head_dim + 2 * m->intermediate +
-                   m->heads * m->capacity);
+                   m->heads * m->capacity) +
+           m->kv_heads * SLOT_BLOCK * m->head_dim;
 }
 
 static pthread_mutex_t step_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -577,11 +675,15 @@ static void forward(const model_t *m, int64_t rows, const int64_t *tokens, const
     float *x = scratch, *h = x + rows * hidden, *q = h + rows * hidden, *k = q + rows * q_size;
     float *v = k + rows * kv_size, *attended = v + rows * kv_size;
     float *gate = attended + rows * q_size, *up = gate + rows * inter, *scores = up + rows * inter;
+    float *widened = scores + rows * m->heads * m->capacity;
     int64_t lengths[MAX_ROWS];
     for (int64_t r = 0; r < rows; r++) {
         lengths[r] = slots[r] + 1;
+        int64_t row = tokens[r] * m->embed_row;
         for (int64_t i = 0; i < hidden; i++)
-            x[r * hidden + i] = m->embed[tokens[r] * m->embed_row + i * m->embed_col];
+            x[r * hidden + i] =
+                m->embed_bf16 ? bf16_to_float(((const uint16_t *)m->embed)[row + i * m->embed_col])
+                              : ((const float *)m->embed)[row + i * m->embed_col];
     }
     for (int64_t l = 0; l < m->layers; l++) {
         const layer_t *w = &m->layer[l];
@@ -598,12 +700,21 @@ static void forward(const model_t *m, int64_t rows, const int64_t *tokens, const
                 float *kr = k + r * kv_size + head * d, *vr = v + r * kv_size + head * d;
                 int64_t at = (head * m->capacity + slots[r]) * d;
                 rotate(kr, c, s, d);
-                memcpy(w->keys + at, kr, d * sizeof(float));
-                memcpy(w->values + at, vr, d * sizeof(float));
+                if (m->slab_bf16) {
+                    uint16_t *keys = (uint16_t *)w->keys + at, *values = (uint16_t *)w->values + at;
+                    for (int64_t i = 0; i < d; i++) {
+                        keys[i] = float_to_bf16(kr[i]);
+                        values[i] = float_to_bf16(vr[i]);
+                    }
+                } else {
+                    memcpy((float *)w->keys + at, kr, d * sizeof(float));
+                    memcpy((float *)w->values + at, vr, d * sizeof(float));
+                }
             }
         }
-        attention_t attention = {q,    w->keys,  w->values,   attended,    scores,     lengths,
-                                 rows, m->heads, m->kv_heads, d,           m->capacity};
+        attention_t attention = {q,        w->keys,     w->values, attended,    scores,
+                                 lengths,  rows,        m->heads,  m->kv_heads, d,
+                                 m->capacity, m->slab_bf16, widened};
         run_parallel(attention_task, &attention, threads);
         products_t o = {{&w->o}, {x}, {hidden}, 1, attended, rows, q_size, 1};
         run_parallel(products_task, &o, threads);

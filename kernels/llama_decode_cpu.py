@@ -1,4 +1,4 @@
-"""Forward passes of a few tokens through a Llama-family model in compiled C, on CPU in float32.
+"""Forward passes of a few tokens through a Llama-family model in compiled C, on CPU.
 
 A decode step reads every weight once and does little arithmetic with each. In torch it is also
 some 40 operator calls per layer, each a dispatch and, on two cores, often a wake-up of OpenMP
@@ -19,6 +19,11 @@ The C file is built on first use with the machine's C compiler (`CC`, else `cc`)
 (`-march=native`), into `$PIE_LSP_KERNEL_CACHE` or `~/.cache/pie-lsp/kernels`, under a name
 that hashes the source, the flags, the compiler and the CPU's flags, so a change to any of them
 builds anew. Without a compiler, `CompiledStepUnavailable` says why and callers keep torch.
+
+Weights may be float32 or bfloat16 (row-major), and so may the K/V slab; the arithmetic is
+float32 either way, bfloat16 values widened as they are read and keys and values rounded to
+nearest-even as they are written, as torch's `.to(torch.bfloat16)` rounds. bfloat16 weights
+halve the bytes a step reads. Norm weights and biases are copied to float32 when a pass is built.
 
 The reference is `cache_engine/kv/llama_step.LlamaStep`, the torch step it replaces for passes
 of up to `COMPILED_MAX_ROWS` tokens; tests/kernels/test_llama_decode_cpu.py compares the two.
@@ -58,6 +63,7 @@ class _Projection(ctypes.Structure):
         ("weight", ctypes.c_void_p),
         ("bias", ctypes.c_void_p),
         ("transposed", ctypes.c_int64),
+        ("bf16", ctypes.c_int64),
     ]
 
 
@@ -93,6 +99,8 @@ class _Model(ctypes.Structure):
         ("final_norm", ctypes.c_void_p),
         ("lm_head", _Projection),
         ("layer", ctypes.POINTER(_Layer)),
+        ("embed_bf16", ctypes.c_int64),
+        ("slab_bf16", ctypes.c_int64),
     ]
 
 
@@ -186,6 +194,9 @@ class LayerTensors:
     down: tuple[torch.Tensor, torch.Tensor | None]
 
 
+STORED_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _float32_cpu(name: str, tensor: torch.Tensor) -> torch.Tensor:
     if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
         raise CompiledStepUnavailable(
@@ -195,10 +206,26 @@ def _float32_cpu(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _vector(name: str, tensor: torch.Tensor | None, size: int) -> int | None:
+def _stored_cpu(name: str, tensor: torch.Tensor) -> bool:
+    """Whether `tensor`, a weight or the slab, is bfloat16 (else float32; anything else is
+    refused)."""
+    if tensor.dtype not in STORED_DTYPES or tensor.device.type != "cpu":
+        raise CompiledStepUnavailable(
+            f"the compiled step reads float32 or bfloat16 CPU tensors; {name} is "
+            f"{tensor.dtype} on {tensor.device}"
+        )
+    return tensor.dtype == torch.bfloat16
+
+
+def _vector(
+    name: str, tensor: torch.Tensor | None, size: int, keep: list[torch.Tensor]
+) -> int | None:
+    """A norm weight or bias as float32 (a copy when it is bfloat16, held in `keep`)."""
     if tensor is None:
         return None
-    _float32_cpu(name, tensor)
+    if _stored_cpu(name, tensor):
+        tensor = tensor.float()
+        keep.append(tensor)
     if tensor.shape != (size,) or not tensor.is_contiguous():
         raise CompiledStepUnavailable(
             f"{name} must be a contiguous vector of {size}, got shape {tuple(tensor.shape)}"
@@ -207,21 +234,28 @@ def _vector(name: str, tensor: torch.Tensor | None, size: int) -> int | None:
 
 
 def _projection(
-    name: str, projection: tuple[torch.Tensor, torch.Tensor | None], out: int, inputs: int
+    name: str,
+    projection: tuple[torch.Tensor, torch.Tensor | None],
+    out: int,
+    inputs: int,
+    keep: list[torch.Tensor],
 ) -> _Projection:
     weight, bias = projection
-    _float32_cpu(name, weight)
+    bf16 = _stored_cpu(name, weight)
     if weight.shape != (out, inputs):
         raise CompiledStepUnavailable(
             f"{name} must be [{out}, {inputs}], got {tuple(weight.shape)}"
         )
     if weight.is_contiguous():
         transposed = 0
-    elif weight.t().is_contiguous():
+    elif weight.t().is_contiguous() and not bf16:
         transposed = 1
+    elif bf16:
+        raise CompiledStepUnavailable(f"{name} is bfloat16 but not stored [out, in]")
     else:
         raise CompiledStepUnavailable(f"{name} is stored neither [out, in] nor [in, out]")
-    return _Projection(weight.data_ptr(), _vector(f"{name} bias", bias, out), transposed)
+    bias_pointer = _vector(f"{name} bias", bias, out, keep)
+    return _Projection(weight.data_ptr(), bias_pointer, transposed, int(bf16))
 
 
 class CompiledForward:
@@ -251,23 +285,25 @@ class CompiledForward:
                 f"compiled step needs whole groups and at most {MAX_HEAD_DIM} dims"
             )
         q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+        # float32 copies of bfloat16 norms and biases, which the structs point into.
+        copies: list[torch.Tensor] = []
         built = []
         for index, w in enumerate(layers):
             at = f"layer {index}"
             built.append(
                 _Layer(
-                    _vector(f"{at} input_norm", w.input_norm, hidden),
-                    _vector(f"{at} post_attention_norm", w.post_attention_norm, hidden),
-                    _projection(f"{at} q_proj", w.q, q_size, hidden),
-                    _projection(f"{at} k_proj", w.k, kv_size, hidden),
-                    _projection(f"{at} v_proj", w.v, kv_size, hidden),
-                    _projection(f"{at} o_proj", w.o, hidden, q_size),
-                    _projection(f"{at} gate_proj", w.gate, intermediate, hidden),
-                    _projection(f"{at} up_proj", w.up, intermediate, hidden),
-                    _projection(f"{at} down_proj", w.down, hidden, intermediate),
+                    _vector(f"{at} input_norm", w.input_norm, hidden, copies),
+                    _vector(f"{at} post_attention_norm", w.post_attention_norm, hidden, copies),
+                    _projection(f"{at} q_proj", w.q, q_size, hidden, copies),
+                    _projection(f"{at} k_proj", w.k, kv_size, hidden, copies),
+                    _projection(f"{at} v_proj", w.v, kv_size, hidden, copies),
+                    _projection(f"{at} o_proj", w.o, hidden, q_size, copies),
+                    _projection(f"{at} gate_proj", w.gate, intermediate, hidden, copies),
+                    _projection(f"{at} up_proj", w.up, intermediate, hidden, copies),
+                    _projection(f"{at} down_proj", w.down, hidden, intermediate, copies),
                 )
             )
-        _float32_cpu("embed_tokens", embed)
+        embed_bf16 = _stored_cpu("embed_tokens", embed)
         self._layers = (_Layer * len(built))(*built)
         self._model = _Model(
             len(built),
@@ -282,17 +318,19 @@ class CompiledForward:
             embed.data_ptr(),
             embed.stride(0),
             embed.stride(1),
-            _vector("final norm", final_norm, hidden),
-            _projection("lm_head", lm_head, vocab, hidden),
+            _vector("final norm", final_norm, hidden, copies),
+            _projection("lm_head", lm_head, vocab, hidden, copies),
             self._layers,
+            int(embed_bf16),
+            0,
         )
         self.vocab = vocab
         self.shape = (len(built), num_kv_heads, head_dim)
         # Held so that the pointers above stay valid.
-        self._tensors = (embed, layers, final_norm, lm_head)
+        self._tensors = (embed, layers, final_norm, lm_head, copies)
         self._scratch = torch.empty(0)
         self._scratch_rows = 0
-        self._slab: tuple[int, int, int] = (0, 0, 0)
+        self._slab: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._lock = threading.Lock()
 
     def __call__(
@@ -309,7 +347,7 @@ class CompiledForward:
     ) -> torch.Tensor:
         """Logits [n, vocab] (or [1, vocab], the last token's) for the n tokens at `slots`
         (increasing); their keys and values land in keys/values [layers, kv_heads, capacity,
-        head_dim] (contiguous float32), and token i sees the slab's slots 0..slots[i], the
+        head_dim] (contiguous, float32 or bfloat16), and token i sees the slab's slots 0..slots[i], the
         earlier tokens of the call included. cos and signed_sin are the rotary rows of those
         positions, [n, head_dim] each."""
         layers, kv_heads, head_dim = self.shape
@@ -320,7 +358,7 @@ class CompiledForward:
                 "each"
             )
         for name, slab in (("keys", keys), ("values", values)):
-            _float32_cpu(name, slab)
+            _stored_cpu(name, slab)
             if slab.dim() != 4 or (slab.shape[0], slab.shape[1], slab.shape[3]) != (
                 layers,
                 kv_heads,
@@ -333,8 +371,11 @@ class CompiledForward:
             if not slab.is_contiguous():
                 raise ValueError(f"{name} must be contiguous")
         capacity = keys.shape[2]
-        if values.shape != keys.shape:
-            raise ValueError(f"values {tuple(values.shape)} differ from keys {tuple(keys.shape)}")
+        if values.shape != keys.shape or values.dtype != keys.dtype:
+            raise ValueError(
+                f"values {tuple(values.shape)} {values.dtype} differ from keys "
+                f"{tuple(keys.shape)} {keys.dtype}"
+            )
         for index, slot in enumerate(slots):
             if not 0 <= slot < capacity:
                 raise ValueError(f"slot {slot} is outside the slab's {capacity} slots")
@@ -350,11 +391,12 @@ class CompiledForward:
         # The structs and the scratch change before each pass: one pass at a time.
         with self._lock:
             model = self._model
-            slab = (keys.data_ptr(), values.data_ptr(), capacity)
+            slab = (keys.data_ptr(), values.data_ptr(), capacity, keys.element_size())
             if slab != self._slab:
-                key_base, value_base, _ = slab
+                key_base, value_base, _, element = slab
                 model.capacity = capacity
-                layer_bytes = 4 * kv_heads * capacity * head_dim
+                model.slab_bf16 = int(keys.dtype == torch.bfloat16)
+                layer_bytes = element * kv_heads * capacity * head_dim
                 for index in range(layers):
                     layer = self._layers[index]
                     layer.keys = key_base + index * layer_bytes

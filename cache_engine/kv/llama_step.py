@@ -11,7 +11,7 @@ form one matrix for two batched products (`_grouped_attention`); longer passes t
 flash kernel with `enable_gqa` (torch >= 2.5).
 
 What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
-On CPU in float32 a pass of up to `COMPILED_MAX_ROWS` tokens (a decode step, a verify pass, a
+On CPU in float32 or bfloat16 a pass of up to `COMPILED_MAX_ROWS` tokens (a decode step, a verify pass, a
 short edit) is one call into the compiled C pass where it can be built
 (kernels/llama_decode_cpu.py: 1.8x this module's torch step on the default model for one token,
 1.2x on the 0.5B shape); this module's torch arithmetic stays its reference and runs everything
@@ -165,7 +165,8 @@ class LlamaStep:
     several rows through oneDNN (kernels/onednn_linear.py); None uses it for float32 weights on
     CPU where `onednn_linear_usable()`. `compiled_step`: passes of up to `COMPILED_MAX_ROWS`
     tokens through the compiled C pass (kernels/llama_decode_cpu.py); None uses it where it can
-    be built and reproduces this model (float32 on CPU, plain projections, no per-head norms)
+    be built and reproduces this model (float32 or bfloat16 on CPU, plain projections, no
+    per-head norms; it computes in float32 where torch's bfloat16 step rounds activations)
     unless the environment sets `PIE_LSP_COMPILED_STEP=0`; True raises UnsupportedStepError
     where it cannot. Why it is off is in `compiled_step_off`."""
 
@@ -224,8 +225,9 @@ class LlamaStep:
         self.layers = [self._layer_weights(layer, label) for layer in decoder.layers]
         # (cos, [-sin, sin]) for every position up to its length, grown on demand and swapped
         # whole: a step slices it instead of computing the rotation.
-        empty = torch.empty(0, 1, self.head_dim, dtype=self.dtype, device=self.device)
-        self._rotary_table = (empty, empty)
+        # Kept in float32, which the compiled pass rotates in, and in the model's dtype.
+        empty = torch.empty(0, 1, self.head_dim, device=self.device)
+        self._rotary_tables = {torch.float32: (empty, empty)}
         self.compiled_step_off: str | None = None
         self._compiled: CompiledForward | None = None
         self._compiled_weights: tuple[int, ...] = ()
@@ -323,20 +325,25 @@ class LlamaStep:
             tensors += projection.buffers() if is_int8 else projection
         return sum(t.nbytes for t in tensors if t is not None)
 
-    def _rotary_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and [-sin, sin] at positions start..stop−1, [stop − start, 1, head_dim]."""
-        cos, signed_sin = self._rotary_table
+    def _rotary_rows(
+        self, start: int, stop: int, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and [-sin, sin] at positions start..stop−1, [stop − start, 1, head_dim], in
+        `dtype` (the model's by default)."""
+        dtype = dtype or self.dtype
+        cos, signed_sin = self._rotary_tables[torch.float32]
         if stop > cos.shape[0]:
             length = max(stop, 2 * cos.shape[0], 256)
             # The transformers rotary module's arithmetic: fp32 angles, then the model's dtype.
             angles = torch.arange(length, device=self.device).float()[:, None] * self.inv_freq
             cos = angles.cos() * self.attention_scaling
             sin = angles.sin() * self.attention_scaling
-            cos, signed_sin = (
-                torch.cat((cos, cos), dim=-1)[:, None].to(self.dtype),
-                torch.cat((-sin, sin), dim=-1)[:, None].to(self.dtype),
-            )
-            self._rotary_table = (cos, signed_sin)
+            wide = (torch.cat((cos, cos), dim=-1)[:, None], torch.cat((-sin, sin), dim=-1)[:, None])
+            self._rotary_tables = {torch.float32: wide}
+        if dtype not in self._rotary_tables:
+            cos, signed_sin = self._rotary_tables[torch.float32]
+            self._rotary_tables[dtype] = (cos.to(dtype), signed_sin.to(dtype))
+        cos, signed_sin = self._rotary_tables[dtype]
         return cos[start:stop], signed_sin[start:stop]
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -381,7 +388,8 @@ class LlamaStep:
                 # The weights moved to a storage it cannot read; torch can.
                 self.compiled_step_off = str(error)
             else:
-                cos, signed_sin = self._rotary_rows(first, stop)
+                # The pass rotates in float32 whatever the weights' dtype.
+                cos, signed_sin = self._rotary_rows(first, stop, torch.float32)
                 if scattered:
                     cos, signed_sin = cos[slots - first], signed_sin[slots - first]
                 return compiled(

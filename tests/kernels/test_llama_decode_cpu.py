@@ -190,9 +190,11 @@ def test_bad_arguments_name_the_bad_value() -> None:
     with pytest.raises(ValueError, match=r"keys must be \[2, 2, capacity, 16\], got \(2, 2, 8\)"):
         compiled([1], [0], keys[..., 0], values, *one)
     with pytest.raises(
-        CompiledStepUnavailable, match=r"float32 CPU tensors; keys is torch\.float64"
+        CompiledStepUnavailable, match=r"float32 or bfloat16 CPU tensors; keys is torch\.float64"
     ):
         compiled([1], [0], keys.double(), values, *one)
+    with pytest.raises(ValueError, match=r"values \(2, 2, 8, 16\) torch\.bfloat16 differ"):
+        compiled([1], [0], keys, values.bfloat16(), *one)
     with pytest.raises(ValueError, match=r"slots \[3, 3\] are not increasing"):
         compiled([1, 2], [3, 3], keys, values, cos[:2], signed_sin[:2], 2)
     with pytest.raises(ValueError, match="65 tokens at 65 slots: a pass takes 1 to 64 tokens"):
@@ -224,3 +226,58 @@ def test_without_a_compiler_it_says_which(monkeypatch, tmp_path) -> None:
     with pytest.raises(CompiledStepUnavailable, match="exited 3: cc: error: broken"):
         llama_decode_cpu._build(str(failing), tmp_path / "out.so")
     assert not (tmp_path / "out.so").exists()
+
+
+# bfloat16 keeps 8 bits of mantissa: one rounding is within 2^-8 of the value.
+BF16 = {"atol": 2e-2, "rtol": 2e-2}
+
+
+def widened_copy(narrow):
+    """A float32 model holding exactly the values of `narrow`'s bfloat16 weights."""
+    wide = type(narrow)(narrow.config)
+    wide.load_state_dict({name: value.float() for name, value in narrow.state_dict().items()})
+    # .to(bfloat16) also rounded the rotary frequencies, a buffer the state dict leaves out.
+    rotary = wide.get_decoder().rotary_emb
+    rotary.inv_freq = narrow.get_decoder().rotary_emb.inv_freq.float()
+    return wide.float().eval()
+
+
+def test_bfloat16_weights_read_as_their_float32_values(model) -> None:
+    # The pass widens each bfloat16 value exactly as it reads it, so the same weights in
+    # bfloat16 and widened to float32 agree to float32 rounding, for one row and several.
+    narrow = model.to(torch.bfloat16)
+    compiled = LlamaStep(narrow, compiled_step=True)
+    reference = LlamaStep(widened_copy(narrow), compiled_step=True)
+    assert compiled.compiled_step_off is None
+    keys, values = slab(model, 40, 2)
+    ref_keys, ref_values = keys.clone(), values.clone()
+    for slot, ids in ((0, [3, 4, 5]), (3, [7]), (20, list(range(9, 18)))):
+        ids = torch.tensor(ids)
+        logits = compiled(ids, slot, keys, values, all_logits=True)
+        expected = reference(ids, slot, ref_keys, ref_values, all_logits=True)
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(keys, ref_keys, atol=1e-6, rtol=0)
+        torch.testing.assert_close(values, ref_values, atol=1e-6, rtol=0)
+
+
+def test_a_bfloat16_slab_holds_what_torch_would_round_to(model) -> None:
+    # One pass of one token: its first layer's keys and values land rounded to nearest-even, bit
+    # for bit what .to(torch.bfloat16) gives for the float32 pass's. Later layers read the
+    # rounded values of the token itself, so they and the logits differ by that rounding only.
+    step = LlamaStep(model, compiled_step=True)
+    keys, values = slab(model, 40, 3)
+    keys, values = keys.bfloat16(), values.bfloat16()
+    wide_keys, wide_values = keys.float(), values.float()
+    for slot in (0, 17, 39):
+        token = torch.tensor([slot % model.config.vocab_size])
+        logits = step(token, slot, keys, values)
+        expected = step(token, slot, wide_keys, wide_values)
+        assert torch.equal(keys[0, :, slot], wide_keys[0, :, slot].bfloat16())
+        assert torch.equal(values[0, :, slot], wide_values[0, :, slot].bfloat16())
+        for narrow, wide in ((keys, wide_keys), (values, wide_values)):
+            torch.testing.assert_close(narrow[:, :, slot].float(), wide[:, :, slot], **BF16)
+        torch.testing.assert_close(logits, expected, **BF16)
+        wide_keys[:, :, slot] = keys[:, :, slot].float()
+        wide_values[:, :, slot] = values[:, :, slot].float()
+    # Elsewhere both slabs still hold the same values.
+    torch.testing.assert_close(keys.float(), wide_keys, atol=0, rtol=0)
