@@ -16,7 +16,10 @@ tokens after --context random token ids; ms/token is a run's time over its forwa
 precisions take turns within each repeat (the first rotating) so load on the machine falls on
 all of them; the table shows medians. The weight-read floor is the bytes of weights one step
 reads (LlamaStep.weight_bytes_per_step) over this machine's read bandwidth (a sum over a large
-tensor, same threads). `logits err` is the largest difference of the next-token logits after
+tensor, same threads, read once per thread count); `ms/read around` is the median of each run's
+step over a read of a buffer of that precision's weight bytes (in huge pages, as the weights
+are) just before and after the run. The path that decoded (the compiled C pass, or torch and
+why) is in each row's compiled_step_off. `logits err` is the largest difference of the next-token logits after
 the prefill from fp32's, over the spread of fp32's. The 0.5B shape (Qwen2.5-Coder-0.5B, random
 weights) runs with --qwen-layers layers; its floor for all 24 layers is also given.
 Agreement (default model, real code): greedy --agreement-tokens-token continuations of
@@ -45,6 +48,11 @@ from benchmarks.machine import load_average, machine_record, streaming_read_band
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import store_weights_transposed
 from cache_engine.model.corpus import collect_sources
+from cache_engine.model.huge_pages import (
+    huge_page_buffer,
+    huge_pages_available,
+    store_weights_in_huge_pages,
+)
 from cache_engine.model.loading import load_model
 from cache_engine.model.quantization import quantize_int8_weight_only
 
@@ -63,11 +71,28 @@ def at_precision(model: nn.Module, precision: str) -> nn.Module:
         variant.to(torch.bfloat16)
     if precision in ("int8", "int8+bf16"):
         quantize_int8_weight_only(variant)
+    store_weights_in_huge_pages(variant)  # as load_model would
     return variant.eval()
 
 
 def tensor_bytes(module: nn.Module) -> int:
     return sum(t.nbytes for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def weights_sized(nbytes: int) -> torch.Tensor:
+    if huge_pages_available():
+        return huge_page_buffer(nbytes // 4 * 4).view(torch.float32).fill_(1.0)
+    return torch.ones(nbytes // 4, dtype=torch.float32)
+
+
+def read_ms(buffer: torch.Tensor) -> float:
+    """ms of one read of `buffer`, best of two."""
+    reads = []
+    for _ in range(2):
+        started = time.perf_counter()
+        buffer.sum()
+        reads.append((time.perf_counter() - started) * 1000)
+    return min(reads)
 
 
 def measure_speed(
@@ -94,22 +119,31 @@ def measure_speed(
         caches[precision] = cache
     load_before = load_average()
     order = list(variants)
+    steps = {precision: caches[precision]._lean_step for precision in order}
+    # A buffer of each precision's weight bytes, in huge pages where its weights are: read just
+    # before and after each run, since this machine's bandwidth moves by a third within minutes.
+    sized = {
+        precision: weights_sized(steps[precision].weight_bytes_per_step()) for precision in order
+    }
     samples: dict[str, list[float]] = {precision: [] for precision in order}
+    around: dict[str, list[float]] = {precision: [] for precision in order}
     for repeat in range(args.repeats):
         # Rotate who goes first, so a burst of load does not always hit the same precision.
         turn = order[repeat % len(order) :] + order[: repeat % len(order)]
         for precision in turn:
+            before = read_ms(sized[precision])
             started = time.perf_counter()
             # generate drops what it decoded, so every run starts from the same cache.
             caches[precision].generate(args.new_tokens, lambda *_: True)
             elapsed = time.perf_counter() - started
             samples[precision].append(elapsed * 1000 / (args.new_tokens - 1))
+            around[precision].append((before + read_ms(sized[precision])) / 2)
     load_after = load_average()
     reference = next_logits["fp32"]
     fp32_ms = statistics.median(samples["fp32"])
     rows = []
     for precision, model in variants.items():
-        step = caches[precision]._lean_step
+        step = steps[precision]
         assert step is not None
         weight_bytes = step.weight_bytes_per_step()
         ms = statistics.median(samples[precision])
@@ -127,6 +161,11 @@ def measure_speed(
             "ms_per_token": ms,
             "samples_ms_per_token": samples[precision],
             "over_weight_floor": ms / floor_ms,
+            "samples_read_ms_around": around[precision],
+            # Each run's step over the reads around it, so a slow minute slows both.
+            "over_weight_read_around": statistics.median(
+                m / r for m, r in zip(samples[precision], around[precision])
+            ),
             "speedup_over_fp32": fp32_ms / ms,
             "prefill_s": prefill_s[precision],
             "logits_error_vs_fp32": float(
@@ -195,14 +234,15 @@ def measure_agreement(
 def print_tables(rows: list[dict], agreement: dict[str, dict] | None) -> None:
     print(
         "| model | precision | threads | ms/token | vs fp32 | floor ms | ms/floor | weight MB/step "
-        "| prefill s | logits err |"
+        "| ms/read around | prefill s | logits err |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['model']} | {r['precision']} | {r['threads']} | {r['ms_per_token']:.2f} | "
             f"{r['speedup_over_fp32']:.2f}x | {r['weight_read_floor_ms']:.2f} | "
-            f"{r['over_weight_floor']:.1f} | {r['weight_bytes_per_step'] / 1e6:.1f} | "
+            f"{r['over_weight_floor']:.2f} | {r['weight_bytes_per_step'] / 1e6:.1f} | "
+            f"{r['over_weight_read_around']:.2f} | "
             f"{r['prefill_s']:.2f} | {r['logits_error_vs_fp32']:.4f} |"
         )
     if agreement:

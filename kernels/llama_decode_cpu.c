@@ -1,7 +1,7 @@
 /* A forward pass of a Llama-family model (Llama, Mistral, Qwen2) for a few tokens (a decode
  * step, a verify pass, a short edit) on CPU, over a K/V slab: built and loaded by
- * kernels/llama_decode_cpu.py, which holds the why. Weights and the slab are float32 or
- * bfloat16; the arithmetic is float32 throughout.
+ * kernels/llama_decode_cpu.py, which holds the why. Weights are float32, bfloat16 or int8 with a
+ * scale per row, the slab float32 or bfloat16; the arithmetic is float32 throughout.
  *
  * Portable C: the inner loops are `omp simd` reductions (compiled with -fopenmp-simd, which
  * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
@@ -29,11 +29,15 @@
  * L2 by each query of the group. */
 #define SLOT_BLOCK 256
 
+/* How a projection's weights are stored. */
+enum { WEIGHTS_FLOAT32 = 0, WEIGHTS_BFLOAT16 = 1, WEIGHTS_INT8 = 2 };
+
 typedef struct {
-    const void *weight; /* [out, in] row-major, or [in, out] row-major when transposed */
-    const float *bias;  /* [out] or NULL */
-    int64_t transposed; /* float32 weights only */
-    int64_t bf16;       /* the weights are bfloat16, row-major */
+    const void *weight;  /* [out, in] row-major, or [in, out] row-major when transposed */
+    const float *bias;   /* [out] or NULL */
+    const float *scales; /* int8: [out], weight row o stands for weight[o]·scales[o]; else NULL */
+    int64_t transposed;  /* float32 weights only */
+    int64_t format;      /* WEIGHTS_*; bfloat16 and int8 weights are row-major */
 } projection_t;
 
 typedef struct {
@@ -250,78 +254,60 @@ static inline void store(float *y, int64_t o, float value, const float *bias, in
     y[o] = accumulate ? y[o] + value : value;
 }
 
-/* The four 16-lane partial sums of rows[j]·x for the four consecutive rows of n values at `rows`
- * (lanes not yet added; the tail past the last whole LANES goes into lane 0): one pass over x
- * feeds four FMA chains. */
-static inline void dot_four_rows_partial(const float *rows, const float *x, int64_t n,
-                                         float *restrict partial) {
-    const float *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
-    float s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};
-    int64_t whole = n - n % LANES;
-    for (int64_t i = 0; i < whole; i += LANES)
-#pragma omp simd
-        for (int l = 0; l < LANES; l++) {
-            float xi = x[i + l];
-            s0[l] += r0[i + l] * xi;
-            s1[l] += r1[i + l] * xi;
-            s2[l] += r2[i + l] * xi;
-            s3[l] += r3[i + l] * xi;
-        }
-    for (int64_t i = whole; i < n; i++) {
-        s0[0] += r0[i] * x[i];
-        s1[0] += r1[i] * x[i];
-        s2[0] += r2[i] * x[i];
-        s3[0] += r3[i] * x[i];
-    }
-#pragma omp simd
-    for (int l = 0; l < LANES; l++) {
-        partial[l] = s0[l];
-        partial[LANES + l] = s1[l];
-        partial[2 * LANES + l] = s2[l];
-        partial[3 * LANES + l] = s3[l];
-    }
+/* Row o's sum of products, scaled where its weights are int8. */
+static inline float scaled(const projection_t *p, int64_t o, float sum) {
+    return p->scales ? sum * p->scales[o] : sum;
 }
 
-/* The same for bfloat16 rows, widened as they are read. */
-static inline void dot_four_rows_partial_bf16(const uint16_t *rows, const float *x, int64_t n,
-                                              float *restrict partial) {
-    const uint16_t *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
-    float s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};
-    int64_t whole = n - n % LANES;
-    for (int64_t i = 0; i < whole; i += LANES)
-#pragma omp simd
-        for (int l = 0; l < LANES; l++) {
-            float xi = x[i + l];
-            s0[l] += bf16_to_float(r0[i + l]) * xi;
-            s1[l] += bf16_to_float(r1[i + l]) * xi;
-            s2[l] += bf16_to_float(r2[i + l]) * xi;
-            s3[l] += bf16_to_float(r3[i + l]) * xi;
-        }
-    for (int64_t i = whole; i < n; i++) {
-        s0[0] += bf16_to_float(r0[i]) * x[i];
-        s1[0] += bf16_to_float(r1[i]) * x[i];
-        s2[0] += bf16_to_float(r2[i]) * x[i];
-        s3[0] += bf16_to_float(r3[i]) * x[i];
-    }
-#pragma omp simd
-    for (int l = 0; l < LANES; l++) {
-        partial[l] = s0[l];
-        partial[LANES + l] = s1[l];
-        partial[2 * LANES + l] = s2[l];
-        partial[3 * LANES + l] = s3[l];
-    }
-}
+static inline float float_value(float v) { return v; }
+static inline float int8_value(int8_t v) { return (float)v; }
 
-static inline float dot_bf16(const uint16_t *w, const float *x, int64_t n) {
-    float sum[LANES] = {0};
-    int64_t whole = n - n % LANES;
-    for (int64_t i = 0; i < whole; i += LANES)
-#pragma omp simd
-        for (int l = 0; l < LANES; l++) sum[l] += bf16_to_float(w[i + l]) * x[i + l];
-    float tail = 0.0f;
-    for (int64_t i = whole; i < n; i++) tail += bf16_to_float(w[i]) * x[i];
-    return lanes_sum(sum) + tail;
-}
+/* For weights stored as `type`, widened to float32 by WIDEN as they are read:
+ * - four_rows_partial_NAME: the four 16-lane partial sums of rows[j]·x for the four consecutive
+ *   rows of n values at `rows` (lanes not yet added; the tail past the last whole LANES goes into
+ *   lane 0): one pass over x feeds four FMA chains;
+ * - row_dot_NAME: one row's w·x. */
+#define WEIGHT_ROW_PRODUCTS(NAME, type, WIDEN)                                                  \
+    static inline void four_rows_partial_##NAME(const type *rows, const float *x, int64_t n,   \
+                                                float *restrict partial) {                    \
+        const type *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;                       \
+        float s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};              \
+        int64_t whole = n - n % LANES;                                                         \
+        for (int64_t i = 0; i < whole; i += LANES)                                             \
+            _Pragma("omp simd") for (int l = 0; l < LANES; l++) {                              \
+                float xi = x[i + l];                                                           \
+                s0[l] += WIDEN(r0[i + l]) * xi;                                                \
+                s1[l] += WIDEN(r1[i + l]) * xi;                                                \
+                s2[l] += WIDEN(r2[i + l]) * xi;                                                \
+                s3[l] += WIDEN(r3[i + l]) * xi;                                                \
+            }                                                                                  \
+        for (int64_t i = whole; i < n; i++) {                                                  \
+            s0[0] += WIDEN(r0[i]) * x[i];                                                      \
+            s1[0] += WIDEN(r1[i]) * x[i];                                                      \
+            s2[0] += WIDEN(r2[i]) * x[i];                                                      \
+            s3[0] += WIDEN(r3[i]) * x[i];                                                      \
+        }                                                                                      \
+        _Pragma("omp simd") for (int l = 0; l < LANES; l++) {                                  \
+            partial[l] = s0[l];                                                                \
+            partial[LANES + l] = s1[l];                                                        \
+            partial[2 * LANES + l] = s2[l];                                                    \
+            partial[3 * LANES + l] = s3[l];                                                    \
+        }                                                                                      \
+    }                                                                                          \
+    static inline float row_dot_##NAME(const type *w, const float *x, int64_t n) {            \
+        float sum[LANES] = {0};                                                                \
+        int64_t whole = n - n % LANES;                                                         \
+        for (int64_t i = 0; i < whole; i += LANES)                                             \
+            _Pragma("omp simd") for (int l = 0; l < LANES; l++)                                \
+                sum[l] += WIDEN(w[i + l]) * x[i + l];                                          \
+        float tail = 0.0f;                                                                     \
+        for (int64_t i = whole; i < n; i++) tail += WIDEN(w[i]) * x[i];                        \
+        return lanes_sum(sum) + tail;                                                          \
+    }
+
+WEIGHT_ROW_PRODUCTS(float32, float, float_value)
+WEIGHT_ROW_PRODUCTS(bfloat16, uint16_t, bf16_to_float)
+WEIGHT_ROW_PRODUCTS(int8, int8_t, int8_value)
 
 /* Weight rows whose partial sums wait before their lanes are added. Adding a row's lanes as soon
  * as its products were done put a chain of shuffles and adds between the loads of every four
@@ -335,8 +321,6 @@ static inline float dot_bf16(const uint16_t *w, const float *x, int64_t n) {
 static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
                          int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
     float partial[MAX_ROWS * 4 > DEFERRED_ROWS ? MAX_ROWS * 4 : DEFERRED_ROWS][LANES];
-    const float *weight = p->weight;
-    const uint16_t *wide = p->weight;
     /* Weight rows per chunk: a multiple of four whose partial sums for all inputs fit. */
     int64_t chunk = DEFERRED_ROWS / rows / 4 * 4;
     if (chunk < 4) chunk = 4;
@@ -346,15 +330,19 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
         for (int64_t j = o; j < end; j += 4)
             for (int64_t r = 0; r < rows; r++) {
                 float *into = partial[((j - o) * rows) + 4 * r];
-                if (p->bf16)
-                    dot_four_rows_partial_bf16(wide + j * in, x + r * in, in, into);
+                const float *xr = x + r * in;
+                if (p->format == WEIGHTS_BFLOAT16)
+                    four_rows_partial_bfloat16((const uint16_t *)p->weight + j * in, xr, in, into);
+                else if (p->format == WEIGHTS_INT8)
+                    four_rows_partial_int8((const int8_t *)p->weight + j * in, xr, in, into);
                 else
-                    dot_four_rows_partial(weight + j * in, x + r * in, in, into);
+                    four_rows_partial_float32((const float *)p->weight + j * in, xr, in, into);
             }
         for (int64_t j = o; j < end; j += 4)
             for (int64_t r = 0; r < rows; r++)
                 for (int q = 0; q < 4; q++)
-                    store(y + r * out, j + q, lanes_sum(partial[((j - o) * rows) + 4 * r + q]),
+                    store(y + r * out, j + q,
+                          scaled(p, j + q, lanes_sum(partial[((j - o) * rows) + 4 * r + q])),
                           p->bias, accumulate);
         if (end < o + chunk) {
             o = end;
@@ -363,9 +351,15 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
     }
     for (; o < o1; o++)
         for (int64_t r = 0; r < rows; r++) {
-            float value = p->bf16 ? dot_bf16(wide + o * in, x + r * in, in)
-                                  : dot(weight + o * in, x + r * in, in);
-            store(y + r * out, o, value, p->bias, accumulate);
+            const float *xr = x + r * in;
+            float value;
+            if (p->format == WEIGHTS_BFLOAT16)
+                value = row_dot_bfloat16((const uint16_t *)p->weight + o * in, xr, in);
+            else if (p->format == WEIGHTS_INT8)
+                value = row_dot_int8((const int8_t *)p->weight + o * in, xr, in);
+            else
+                value = row_dot_float32((const float *)p->weight + o * in, xr, in);
+            store(y + r * out, o, scaled(p, o, value), p->bias, accumulate);
         }
 }
 

@@ -20,10 +20,14 @@ The C file is built on first use with the machine's C compiler (`CC`, else `cc`)
 that hashes the source, the flags, the compiler and the CPU's flags, so a change to any of them
 builds anew. Without a compiler, `CompiledStepUnavailable` says why and callers keep torch.
 
-Weights may be float32 or bfloat16 (row-major), and so may the K/V slab; the arithmetic is
-float32 either way, bfloat16 values widened as they are read and keys and values rounded to
-nearest-even as they are written, as torch's `.to(torch.bfloat16)` rounds. bfloat16 weights
-halve the bytes a step reads. Norm weights and biases are copied to float32 when a pass is built.
+Weights may be float32, bfloat16 (row-major) or int8 with one scale per output row (row-major,
+cache_engine/model/quantization.py's weight-only int8), and the K/V slab float32 or bfloat16.
+The arithmetic is float32 throughout: bfloat16 and int8 values are widened as they are read, an
+int8 row's sum of products is multiplied by its scale, and keys and values are rounded to
+nearest-even as they are written to a bfloat16 slab, as torch's `.to(torch.bfloat16)` rounds.
+bfloat16 weights halve the bytes a step reads and int8 quarters them (torch's int8 kernel
+instead rounds the activations to bfloat16). Norm weights, biases and scales are copied to
+float32 when a pass is built.
 
 The reference is `cache_engine/kv/llama_step.LlamaStep`, the torch step it replaces for passes
 of up to `COMPILED_MAX_ROWS` tokens; tests/kernels/test_llama_decode_cpu.py compares the two.
@@ -62,9 +66,14 @@ class _Projection(ctypes.Structure):
     _fields_ = [
         ("weight", ctypes.c_void_p),
         ("bias", ctypes.c_void_p),
+        ("scales", ctypes.c_void_p),
         ("transposed", ctypes.c_int64),
-        ("bf16", ctypes.c_int64),
+        ("format", ctypes.c_int64),
     ]
+
+
+# projection_t.format in the C file.
+_WEIGHT_FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 
 
 class _Layer(ctypes.Structure):
@@ -178,20 +187,28 @@ def compiled_library() -> ctypes.CDLL:
     return library
 
 
+# A projection's (weight [out, in], bias [out] or None), or (int8 weight [out, in], bias or None,
+# scales [out]) for weight-only int8, whose row o stands for weight[o] · scales[o].
+WeightProjection = (
+    tuple[torch.Tensor, torch.Tensor | None]
+    | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+)
+
+
 @dataclass(frozen=True)
 class LayerTensors:
-    """One layer's weights, as the model holds them: projections [out, in] (stored in either
-    order), biases [out] or None, norms [hidden]."""
+    """One layer's weights, as the model holds them: projections (`WeightProjection`; float32
+    stored in either order, bfloat16 and int8 [out, in]), norms [hidden]."""
 
     input_norm: torch.Tensor
-    q: tuple[torch.Tensor, torch.Tensor | None]
-    k: tuple[torch.Tensor, torch.Tensor | None]
-    v: tuple[torch.Tensor, torch.Tensor | None]
-    o: tuple[torch.Tensor, torch.Tensor | None]
+    q: WeightProjection
+    k: WeightProjection
+    v: WeightProjection
+    o: WeightProjection
     post_attention_norm: torch.Tensor
-    gate: tuple[torch.Tensor, torch.Tensor | None]
-    up: tuple[torch.Tensor, torch.Tensor | None]
-    down: tuple[torch.Tensor, torch.Tensor | None]
+    gate: WeightProjection
+    up: WeightProjection
+    down: WeightProjection
 
 
 STORED_DTYPES = (torch.float32, torch.bfloat16)
@@ -220,7 +237,7 @@ def _stored_cpu(name: str, tensor: torch.Tensor) -> bool:
 def _vector(
     name: str, tensor: torch.Tensor | None, size: int, keep: list[torch.Tensor]
 ) -> int | None:
-    """A norm weight or bias as float32 (a copy when it is bfloat16, held in `keep`)."""
+    """A norm weight, bias or scales as float32 (a copy when it is bfloat16, held in `keep`)."""
     if tensor is None:
         return None
     if _stored_cpu(name, tensor):
@@ -234,28 +251,35 @@ def _vector(
 
 
 def _projection(
-    name: str,
-    projection: tuple[torch.Tensor, torch.Tensor | None],
-    out: int,
-    inputs: int,
-    keep: list[torch.Tensor],
+    name: str, projection: WeightProjection, out: int, inputs: int, keep: list[torch.Tensor]
 ) -> _Projection:
-    weight, bias = projection
-    bf16 = _stored_cpu(name, weight)
+    weight, bias, *scales = projection
+    if scales:
+        if weight.dtype != torch.int8 or weight.device.type != "cpu":
+            raise CompiledStepUnavailable(
+                f"{name} has scales, so its weights must be int8 on CPU, not {weight.dtype} "
+                f"on {weight.device}"
+            )
+        scales_pointer = _vector(f"{name} scales", scales[0], out, keep)
+    else:
+        _stored_cpu(name, weight)
+        scales_pointer = None
     if weight.shape != (out, inputs):
         raise CompiledStepUnavailable(
             f"{name} must be [{out}, {inputs}], got {tuple(weight.shape)}"
         )
     if weight.is_contiguous():
         transposed = 0
-    elif weight.t().is_contiguous() and not bf16:
+    elif weight.dtype != torch.float32:
+        raise CompiledStepUnavailable(f"{name} is {weight.dtype} but not stored [out, in]")
+    elif weight.t().is_contiguous():
         transposed = 1
-    elif bf16:
-        raise CompiledStepUnavailable(f"{name} is bfloat16 but not stored [out, in]")
     else:
         raise CompiledStepUnavailable(f"{name} is stored neither [out, in] nor [in, out]")
     bias_pointer = _vector(f"{name} bias", bias, out, keep)
-    return _Projection(weight.data_ptr(), bias_pointer, transposed, int(bf16))
+    return _Projection(
+        weight.data_ptr(), bias_pointer, scales_pointer, transposed, _WEIGHT_FORMATS[weight.dtype]
+    )
 
 
 class CompiledForward:
@@ -270,7 +294,7 @@ class CompiledForward:
         embed: torch.Tensor,
         layers: list[LayerTensors],
         final_norm: torch.Tensor,
-        lm_head: tuple[torch.Tensor, torch.Tensor | None],
+        lm_head: WeightProjection,
         num_heads: int,
         num_kv_heads: int,
         head_dim: int,

@@ -11,7 +11,7 @@ form one matrix for two batched products (`_grouped_attention`); longer passes t
 flash kernel with `enable_gqa` (torch >= 2.5).
 
 What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
-On CPU in float32 or bfloat16 a pass of up to `COMPILED_MAX_ROWS` tokens (a decode step, a verify pass, a
+On CPU (float32, bfloat16 or int8 weights) a pass of up to `COMPILED_MAX_ROWS` tokens (a decode step, a verify pass, a
 short edit) is one call into the compiled C pass where it can be built
 (kernels/llama_decode_cpu.py: 1.8x this module's torch step on the default model for one token,
 1.2x on the 0.5B shape); this module's torch arithmetic stays its reference and runs everything
@@ -46,7 +46,12 @@ from transformers import PreTrainedModel
 from cache_engine.kv.rotary import rotary_spec
 from cache_engine.model.quantization import Int8WeightOnlyLinear
 from kernels.blas_linear import blas_linear, blas_products_usable
-from kernels.llama_decode_cpu import CompiledForward, CompiledStepUnavailable, LayerTensors
+from kernels.llama_decode_cpu import (
+    CompiledForward,
+    CompiledStepUnavailable,
+    LayerTensors,
+    WeightProjection,
+)
 from kernels.onednn_linear import onednn_linear, onednn_linear_usable
 
 LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -122,6 +127,13 @@ def _label(model: PreTrainedModel) -> str:
     return f"{model.config.model_type!r}" + (f" ({name})" if name else "")
 
 
+def _weight_projection(projection: Projection) -> WeightProjection:
+    """The tensors of a projection as the compiled pass takes them."""
+    if isinstance(projection, Int8WeightOnlyLinear):
+        return projection.weight, projection.bias, projection.scales
+    return projection
+
+
 def _linear_weights(module: torch.nn.Module, what: str, label: str) -> Projection:
     if isinstance(module, Int8WeightOnlyLinear):
         return module
@@ -165,8 +177,8 @@ class LlamaStep:
     several rows through oneDNN (kernels/onednn_linear.py); None uses it for float32 weights on
     CPU where `onednn_linear_usable()`. `compiled_step`: passes of up to `COMPILED_MAX_ROWS`
     tokens through the compiled C pass (kernels/llama_decode_cpu.py); None uses it where it can
-    be built and reproduces this model (float32 or bfloat16 on CPU, plain projections, no
-    per-head norms; it computes in float32 where torch's bfloat16 step rounds activations)
+    be built and reproduces this model (float32, bfloat16 or int8 weights on CPU, no per-head
+    norms; it computes in float32 where torch's bfloat16 step and int8 kernel round activations)
     unless the environment sets `PIE_LSP_COMPILED_STEP=0`; True raises UnsupportedStepError
     where it cannot. Why it is off is in `compiled_step_off`."""
 
@@ -254,9 +266,7 @@ class LlamaStep:
         tensors = [self.embed, self.final_norm]
         tensors += [n for w in self.layers for n in (w.input_norm, w.post_attention_norm)]
         for projection in self._projections():
-            if isinstance(projection, Int8WeightOnlyLinear):
-                raise CompiledStepUnavailable("the compiled step has no int8 products")
-            tensors += [t for t in projection if t is not None]
+            tensors += [t for t in _weight_projection(projection) if t is not None]
         return tensors
 
     def _compiled_step(self) -> CompiledForward:
@@ -274,19 +284,14 @@ class LlamaStep:
                 layers=[
                     LayerTensors(
                         w.input_norm,
-                        w.q,
-                        w.k,
-                        w.v,
-                        w.o,
+                        *map(_weight_projection, (w.q, w.k, w.v, w.o)),
                         w.post_attention_norm,
-                        w.gate,
-                        w.up,
-                        w.down,
+                        *map(_weight_projection, (w.gate, w.up, w.down)),
                     )
                     for w in self.layers
                 ],
                 final_norm=self.final_norm,
-                lm_head=self.lm_head,
+                lm_head=_weight_projection(self.lm_head),
                 num_heads=self.num_heads,
                 num_kv_heads=self.num_kv_heads,
                 head_dim=self.head_dim,
@@ -321,8 +326,7 @@ class LlamaStep:
             tensors += [w.input_norm, w.post_attention_norm, w.q_norm, w.k_norm]
         for projection in self._projections():
             # An int8 projection reads its int8 weight, its scales and its bias.
-            is_int8 = isinstance(projection, Int8WeightOnlyLinear)
-            tensors += projection.buffers() if is_int8 else projection
+            tensors += _weight_projection(projection)
         return sum(t.nbytes for t in tensors if t is not None)
 
     def _rotary_rows(

@@ -13,6 +13,7 @@ weights as torch allocated them and 52.8 ms in huge pages; a 2 GB `torch.sum`, 3
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from pathlib import Path
 
@@ -57,10 +58,10 @@ def _movable(tensor: torch.Tensor) -> bool:
 
 
 def store_weights_in_huge_pages(model: torch.nn.Module) -> int:
-    """Moves the data of each of the model's CPU parameters of at least one huge page into a
-    huge-page buffer of its own, keeping their values, dtypes, shapes and strides (a weight
-    stored transposed stays so), and returns the bytes moved: 0 where huge pages are not
-    available. A buffer per parameter, so that no two share a storage (saving a model
+    """Moves the data of each of the model's CPU parameters and buffers of at least one huge
+    page into a huge-page buffer of its own, keeping their values, dtypes, shapes and strides (a
+    weight stored transposed stays so), and returns the bytes moved: 0 where huge pages are not
+    available. A buffer per tensor, so that no two share a storage (saving a model
     de-duplicates tensors that do). The Parameter objects stay, so tied weights stay tied; what
     held the old storage (a compiled step) must read the new one, as after
     `store_weights_transposed`."""
@@ -68,7 +69,8 @@ def store_weights_in_huge_pages(model: torch.nn.Module) -> int:
         return 0
     moved_bytes = 0
     with torch.no_grad():
-        for parameter in model.parameters():
+        # Buffers too: an int8 layer's weights are one.
+        for parameter in itertools.chain(model.parameters(), model.buffers()):
             data = parameter.data
             if data.nbytes < HUGE_PAGE or not _movable(data):
                 continue

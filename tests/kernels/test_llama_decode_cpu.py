@@ -5,6 +5,7 @@ forward."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -18,6 +19,7 @@ from cache_engine.kv.llama_step import (
     store_weights_transposed,
 )
 from cache_engine.model.loading import load_model
+from cache_engine.model.quantization import Int8WeightOnlyLinear, quantize_int8_weight_only
 from kernels import llama_decode_cpu
 from kernels.llama_decode_cpu import CompiledStepUnavailable, compiled_library
 from tests.model_factory import tiny_model
@@ -281,3 +283,54 @@ def test_a_bfloat16_slab_holds_what_torch_would_round_to(model) -> None:
         wide_values[:, :, slot] = values[:, :, slot].float()
     # Elsewhere both slabs still hold the same values.
     torch.testing.assert_close(keys.float(), wide_keys, atol=0, rtol=0)
+
+
+def dequantized_copy(model):
+    """An int8 copy of `model` (quantize_int8_weight_only) and a float32 copy holding exactly
+    the weights it stands for, q · s, with its own lm_head as quantization unties it."""
+    quantized = copy.deepcopy(model)
+    quantize_int8_weight_only(quantized)
+    wide = copy.deepcopy(model)
+    for name, module in quantized.named_modules():
+        if isinstance(module, Int8WeightOnlyLinear):
+            target = wide.get_submodule(name)
+            target.weight = torch.nn.Parameter(module.dequantized_weight())
+    return quantized.eval(), wide.eval()
+
+
+def test_int8_weights_read_as_the_values_they_stand_for(model) -> None:
+    # Each int8 row's sum is scaled once at the end, where the reference multiplies by q · s:
+    # the two agree to float32 rounding, for one row and for several.
+    quantized, wide = dequantized_copy(model)
+    compiled = LlamaStep(quantized, compiled_step=True)
+    reference = LlamaStep(wide, compiled_step=True)
+    assert compiled.compiled_step_off is None
+    keys, values = slab(model, 40, 4)
+    ref_keys, ref_values = keys.clone(), values.clone()
+    for slot, ids in ((0, [3, 4, 5]), (3, [7]), (20, list(range(9, 18)))):
+        ids = torch.tensor(ids)
+        logits = compiled(ids, slot, keys, values, all_logits=True)
+        expected = reference(ids, slot, ref_keys, ref_values, all_logits=True)
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(keys, ref_keys, atol=1e-5, rtol=0)
+        torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=0)
+    # Torch's int8 kernel rounds the activations to bfloat16; it stays within that rounding.
+    torch_int8 = LlamaStep(quantized, compiled_step=False)
+    keys, values = slab(model, 40, 4)
+    expected = torch_int8(torch.tensor([3, 4, 5]), 0, keys, values, all_logits=True)
+    torch.testing.assert_close(
+        compiled(torch.tensor([3, 4, 5]), 0, *slab(model, 40, 4), all_logits=True),
+        expected,
+        **BF16,
+    )
+
+
+def test_int8_scales_must_come_with_int8_weights(model) -> None:
+    step = LlamaStep(model, compiled_step=False)
+    weight, bias = step.layers[0].q
+    scales = torch.ones(weight.shape[0])
+    with pytest.raises(CompiledStepUnavailable, match=r"layer 0 q_proj has scales, so its weights"):
+        llama_decode_cpu._projection("layer 0 q_proj", (weight, bias, scales), *weight.shape, [])
+    int8 = torch.zeros(weight.shape, dtype=torch.int8)
+    with pytest.raises(CompiledStepUnavailable, match=r"layer 0 q_proj scales must be a contig"):
+        llama_decode_cpu._projection("layer 0 q_proj", (int8, bias, scales[1:]), *weight.shape, [])

@@ -13,6 +13,7 @@ from cache_engine.model.huge_pages import (
     huge_pages_available,
     store_weights_in_huge_pages,
 )
+from cache_engine.model.quantization import quantize_int8_weight_only
 from tests.model_factory import tiny_model
 
 needs_huge_pages = pytest.mark.skipif(
@@ -69,6 +70,28 @@ def test_the_compiled_step_reads_the_moved_weights() -> None:
     reference = LlamaStep(model, compiled_step=False)(ids, 0, keys, values, all_logits=True)
     torch.testing.assert_close(after, reference, atol=5e-5, rtol=1e-5)
     assert not torch.allclose(after, before)
+
+
+@needs_huge_pages
+def test_int8_weights_move_and_still_multiply_the_same() -> None:
+    # Weight-only int8 keeps its weights in buffers: up_proj's 32,768 x 64 int8 is a huge page.
+    model = big_model(intermediate_size=32768)
+    quantize_int8_weight_only(model)
+    step = LlamaStep(model)
+    shape = (model.config.num_hidden_layers, step.num_kv_heads, 16, step.head_dim)
+    ids = torch.tensor([5, 7, 8191])
+    before = step(ids, 0, torch.zeros(shape), torch.zeros(shape), all_logits=True)
+    weights = [layer.mlp.up_proj.weight for layer in model.model.layers]
+    values = [w.clone() for w in weights]
+    pointers = [w.data_ptr() for w in weights]
+    assert store_weights_in_huge_pages(model) >= sum(w.nbytes for w in weights)
+    for layer, value, pointer in zip(model.model.layers, values, pointers):
+        moved = layer.mlp.up_proj.weight
+        assert moved.dtype == torch.int8 and torch.equal(moved, value)
+        assert moved.data_ptr() != pointer and moved.data_ptr() % HUGE_PAGE == 0
+    after = step(ids, 0, torch.zeros(shape), torch.zeros(shape), all_logits=True)
+    assert step.compiled_step_off is None
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
 
 
 def test_without_huge_pages_nothing_moves(monkeypatch, tmp_path) -> None:
