@@ -56,9 +56,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def start(strategy: str, max_new_tokens: int) -> LanguageClient:
+# The server's options for each precision of the model's weights.
+PRECISIONS = {"fp32": [], "bf16": ["--dtype", "bfloat16"], "int8": ["--quantize", "int8"]}
+
+
+async def start(strategy: str, max_new_tokens: int, precision: str = "fp32") -> LanguageClient:
     config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "lsp_server", "--strategy", strategy],
+        server_command=[
+            sys.executable,
+            "-m",
+            "lsp_server",
+            "--strategy",
+            strategy,
+            *PRECISIONS[precision],
+        ],
         server_env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
     )
     client = await config.start()
@@ -89,9 +100,9 @@ async def complete(client: LanguageClient, line: int, character: int) -> str:
 
 
 async def run_session(
-    strategy: str, text: str, far_edits: int, max_new_tokens: int
+    strategy: str, text: str, far_edits: int, max_new_tokens: int, precision: str = "fp32"
 ) -> dict[str, Any]:
-    client = await start(strategy, max_new_tokens)
+    client = await start(strategy, max_new_tokens, precision)
     try:
         client.text_document_did_open(
             types.DidOpenTextDocumentParams(
@@ -132,6 +143,7 @@ async def run_session(
     far_cached = [c for c in edit_costs if c]
     return {
         "strategy": strategy,
+        "precision": precision,
         "prompt_tokens": stats.get("tokens_cached"),
         "typing_ms_p50": statistics.median(typing) * 1000,
         "typing_ms_p95": percentile(typing, 0.95) * 1000,
@@ -245,6 +257,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--demo", action="store_true", help="pie and full side by side, printing ghost text"
     )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=sorted(PRECISIONS),
+        default=["fp32"],
+        help="weights' precision for each strategy's server",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="sessions of every strategy and precision, taking turns",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     text = session_text(args.tokens)
@@ -252,28 +277,42 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run_demo(text, args.max_new_tokens))
         return
     rows = [
-        asyncio.run(run_session(s, text, args.far_edits, args.max_new_tokens))
+        asyncio.run(run_session(s, text, args.far_edits, args.max_new_tokens, precision))
+        for _ in range(args.rounds)
         for s in args.strategies
+        for precision in args.precisions
     ]
     print(
-        "| strategy | prompt tokens | typing p50 ms | typing p95 ms | far edit p50 ms "
+        "| strategy | precision | prompt tokens | typing p50 ms | typing p95 ms | far edit p50 ms "
         "| far edit p95 ms | re-encoded | reused |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['strategy']} | {r['prompt_tokens']} | {r['typing_ms_p50']:.0f} | "
+            f"| {r['strategy']} | {r['precision']} | {r['prompt_tokens']} | "
+            f"{r['typing_ms_p50']:.0f} | "
             f"{r['typing_ms_p95']:.0f} | {r['far_edit_ms_p50']:.0f} | {r['far_edit_ms_p95']:.0f} | "
             f"{r['far_edit_tokens_encoded_p50']} | {r['far_edit_tokens_reused_p50']} |"
         )
-    by_strategy = {r["strategy"]: r for r in rows}
+    by_strategy = {r["strategy"]: r for r in rows if r["precision"] == args.precisions[0]}
     if "pie" in by_strategy and "full" in by_strategy:
         ratio = by_strategy["pie"]["far_edit_ms_p50"] / by_strategy["full"]["far_edit_ms_p50"]
         print(f"pie's p50 after a far edit is {ratio * 100:.0f}% of full's")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
-            {"tokens": args.tokens, "max_new_tokens": args.max_new_tokens, "rows": rows}, indent=1
+            {
+                "command": " ".join(
+                    [
+                        "python -m benchmarks.bench_lsp_session",
+                        *(sys.argv[1:] if argv is None else argv),
+                    ]
+                ),
+                "tokens": args.tokens,
+                "max_new_tokens": args.max_new_tokens,
+                "rows": rows,
+            },
+            indent=1,
         )
         + "\n"
     )

@@ -70,6 +70,12 @@ ONEDNN_MIN_ROWS = 2
 # 0.3x for 2-16 and 0.88x for 32 on the default model; even at 64 (/tmp probe, see
 # kernels/llama_decode_cpu.py).
 COMPILED_MAX_ROWS = 32
+# With bfloat16 weights longer passes (prefill, refreshes, long edits) also run in the C pass,
+# COMPILED_MAX_ROWS tokens at a time: torch's bfloat16 products are slow on CPUs without
+# avx512_bf16. Default model, 512 tokens after 1,024, 2 threads, AVX2 (/tmp probe): torch bf16
+# 821-918 ms, the C pass in 32-token passes 381-511 ms; int8 was even (388-424 against
+# 369-471) and float32 faster in torch (305-356 against 410-658), so those keep torch.
+CHUNKED_DTYPES = (torch.bfloat16,)
 # Passes of up to this many tokens attend through two batched products (`_grouped_attention`);
 # longer ones through SDPA's flash kernel, which does not hold a [queries, slots] score matrix.
 GROUPED_ATTENTION_MAX_ROWS = 64
@@ -385,7 +391,8 @@ class LlamaStep:
             first, stop = slot, slot + n
         if first < 0 or stop > keys.shape[2]:
             raise ValueError(f"slots {first}..{stop} do not fit a slab of {keys.shape[2]} slots")
-        if n <= COMPILED_MAX_ROWS and self.compiled_step_off is None:
+        chunked = n > COMPILED_MAX_ROWS and self.dtype in CHUNKED_DTYPES
+        if (n <= COMPILED_MAX_ROWS or chunked) and self.compiled_step_off is None:
             try:
                 compiled = self._compiled_step()
             except CompiledStepUnavailable as error:
@@ -396,16 +403,23 @@ class LlamaStep:
                 cos, signed_sin = self._rotary_rows(first, stop, torch.float32)
                 if scattered:
                     cos, signed_sin = cos[slots - first], signed_sin[slots - first]
-                return compiled(
-                    ids.tolist(),
-                    slots.tolist() if scattered else range(first, stop),
-                    keys,
-                    values,
-                    cos,
-                    signed_sin,
-                    torch.get_num_threads(),
-                    all_logits=all_logits,
-                )
+                token_list = ids.tolist()
+                slot_list = slots.tolist() if scattered else list(range(first, stop))
+                # Each pass's tokens see the slab the passes before wrote: the same as one pass.
+                logits = [
+                    compiled(
+                        token_list[at : at + COMPILED_MAX_ROWS],
+                        slot_list[at : at + COMPILED_MAX_ROWS],
+                        keys,
+                        values,
+                        cos[at : at + COMPILED_MAX_ROWS],
+                        signed_sin[at : at + COMPILED_MAX_ROWS],
+                        torch.get_num_threads(),
+                        all_logits=all_logits,
+                    )
+                    for at in range(0, n, COMPILED_MAX_ROWS)
+                ]
+                return torch.cat(logits) if all_logits else logits[-1]
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         groups = heads // kv_heads
         cos, signed_sin = self._rotary_rows(first, stop)

@@ -334,3 +334,26 @@ def test_int8_scales_must_come_with_int8_weights(model) -> None:
     int8 = torch.zeros(weight.shape, dtype=torch.int8)
     with pytest.raises(CompiledStepUnavailable, match=r"layer 0 q_proj scales must be a contig"):
         llama_decode_cpu._projection("layer 0 q_proj", (int8, bias, scales[1:]), *weight.shape, [])
+
+
+def test_long_bfloat16_passes_run_in_compiled_chunks(model) -> None:
+    # More than COMPILED_MAX_ROWS tokens of a bfloat16 model go through the C pass in chunks,
+    # each seeing what the chunks before wrote: float32 arithmetic, so they agree with a float32
+    # model of the same values to float32 rounding (torch's bfloat16 step, rounding activations,
+    # differs by about 1e-2; it also needs a bfloat16 slab).
+    narrow = model.to(torch.bfloat16)
+    chunked = LlamaStep(narrow, compiled_step=True)
+    reference = LlamaStep(widened_copy(narrow), compiled_step=False)
+    n = 2 * COMPILED_MAX_ROWS + 5
+    ids = torch.tensor([i % model.config.vocab_size for i in range(7, 7 + n)])
+    scattered = torch.tensor(sorted(random.Random(3).sample(range(10, 140), n)))
+    for slot in (5, scattered):
+        keys, values = slab(model, 150, 5)
+        ref_keys, ref_values = keys.clone(), values.clone()
+        logits = chunked(ids, slot, keys, values, all_logits=True)
+        expected = reference(ids, slot, ref_keys, ref_values, all_logits=True)
+        assert logits.shape == (n, model.config.vocab_size)
+        torch.testing.assert_close(logits, expected, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(keys, ref_keys, atol=5e-5, rtol=0)
+        last = chunked(ids, slot, keys, values)
+        torch.testing.assert_close(last, expected[-1:], atol=5e-5, rtol=1e-5)
