@@ -41,14 +41,15 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
-from benchmarks.machine import machine_record, streaming_read_bandwidth
+from benchmarks.machine import (
+    machine_record,
+    read_ms,
+    streaming_read_bandwidth,
+    weight_sized_buffer,
+)
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import LlamaStep, store_weights_transposed
-from cache_engine.model.huge_pages import (
-    huge_page_buffer,
-    huge_pages_available,
-    store_weights_in_huge_pages,
-)
+from cache_engine.model.huge_pages import store_weights_in_huge_pages
 from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "decode.json"
@@ -115,24 +116,16 @@ def measure(
     samples: dict[str, list[float]] = {method: [] for method in (*METHODS, "read")}
     around: dict[str, list[float]] = {method: [] for method in METHODS}
 
-    def read_ms() -> float:
-        reads = []
-        for _ in range(2):
-            started = time.perf_counter()
-            weights_sized.sum()
-            reads.append((time.perf_counter() - started) * 1000)
-        return min(reads)
-
     for repeat in range(repeats):
         # Rotate who goes first, so a burst of load does not always hit the same method.
         order = METHODS[repeat % len(METHODS) :] + METHODS[: repeat % len(METHODS)]
         reads = []
         for method in order:
-            before = read_ms()
+            before = read_ms(weights_sized)
             started = time.perf_counter()
             decoders[method]()
             samples[method].append((time.perf_counter() - started) * 1000 / forwards)
-            after = read_ms()
+            after = read_ms(weights_sized)
             around[method].append((before + after) / 2)
             reads += [before, after]
         samples["read"].append(statistics.median(reads))
@@ -167,11 +160,7 @@ def run_model(
         2 * config.num_hidden_layers * config.num_key_value_heads * args.context * head_dim
     ) * next(model.parameters()).element_size()
     start_floor_ms = weight_bytes / bandwidth * 1000
-    # In huge pages where the weights are, so that the floor is not the slower read.
-    if huge_pages_available():
-        weights_sized = huge_page_buffer(weight_bytes // 4 * 4).view(torch.float32).fill_(1.0)
-    else:
-        weights_sized = torch.ones(weight_bytes // 4, dtype=torch.float32)
+    weights_sized = weight_sized_buffer(weight_bytes)
     rows = []
     for layout in args.layouts:
         if layout == "transposed":

@@ -19,9 +19,10 @@ reads (LlamaStep.weight_bytes_per_step) over this machine's read bandwidth (a su
 tensor, same threads, read once per thread count); `ms/read around` is the median of each run's
 step over a read of a buffer of that precision's weight bytes (in huge pages, as the weights
 are) just before and after the run. The path that decoded (the compiled C pass, or torch and
-why) is in each row's compiled_step_off. `logits err` is the largest difference of the next-token logits after
-the prefill from fp32's, over the spread of fp32's. The 0.5B shape (Qwen2.5-Coder-0.5B, random
-weights) runs with --qwen-layers layers; its floor for all 24 layers is also given.
+why) is in each row's compiled_step_off. `logits err` is the largest difference of the
+next-token logits after the prefill from fp32's, over the spread of fp32's. The 0.5B shape
+(Qwen2.5-Coder-0.5B, random weights) runs with --qwen-layers layers; its floor for all 24
+layers is also given.
 Agreement (default model, real code): greedy --agreement-tokens-token continuations of
 --prompts held-out places (a line start in the corpus's held-out files, up to --prompt-tokens
 tokens of left context) at each precision against fp32's: the share that are identical, and the
@@ -44,15 +45,17 @@ import torch
 from torch import nn
 
 from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, shaped_model
-from benchmarks.machine import load_average, machine_record, streaming_read_bandwidth
+from benchmarks.machine import (
+    load_average,
+    machine_record,
+    read_ms,
+    streaming_read_bandwidth,
+    weight_sized_buffer,
+)
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import store_weights_transposed
 from cache_engine.model.corpus import collect_sources
-from cache_engine.model.huge_pages import (
-    huge_page_buffer,
-    huge_pages_available,
-    store_weights_in_huge_pages,
-)
+from cache_engine.model.huge_pages import store_weights_in_huge_pages
 from cache_engine.model.loading import load_model
 from cache_engine.model.quantization import quantize_int8_weight_only
 
@@ -77,22 +80,6 @@ def at_precision(model: nn.Module, precision: str) -> nn.Module:
 
 def tensor_bytes(module: nn.Module) -> int:
     return sum(t.nbytes for t in itertools.chain(module.parameters(), module.buffers()))
-
-
-def weights_sized(nbytes: int) -> torch.Tensor:
-    if huge_pages_available():
-        return huge_page_buffer(nbytes // 4 * 4).view(torch.float32).fill_(1.0)
-    return torch.ones(nbytes // 4, dtype=torch.float32)
-
-
-def read_ms(buffer: torch.Tensor) -> float:
-    """ms of one read of `buffer`, best of two."""
-    reads = []
-    for _ in range(2):
-        started = time.perf_counter()
-        buffer.sum()
-        reads.append((time.perf_counter() - started) * 1000)
-    return min(reads)
 
 
 def measure_speed(
@@ -123,7 +110,8 @@ def measure_speed(
     # A buffer of each precision's weight bytes, in huge pages where its weights are: read just
     # before and after each run, since this machine's bandwidth moves by a third within minutes.
     sized = {
-        precision: weights_sized(steps[precision].weight_bytes_per_step()) for precision in order
+        precision: weight_sized_buffer(steps[precision].weight_bytes_per_step())
+        for precision in order
     }
     samples: dict[str, list[float]] = {precision: [] for precision in order}
     around: dict[str, list[float]] = {precision: [] for precision in order}

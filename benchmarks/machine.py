@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from cache_engine.model.huge_pages import huge_page_buffer, huge_pages_available
+
 CPU_FLAGS_OF_INTEREST = (
     "avx2",
     "fma",
@@ -99,3 +101,21 @@ def streaming_read_bandwidth(threads: int, gib: float = 1.0, reads: int = 7) -> 
         "best_seconds": best,
         "bytes_per_second": nbytes / best,
     }
+
+
+def weight_sized_buffer(nbytes: int) -> torch.Tensor:
+    """A float32 buffer of about `nbytes`, in huge pages where the loaded weights would be, so
+    that reading it is the floor a step's weight reads are held to."""
+    if huge_pages_available():
+        return huge_page_buffer(nbytes // 4 * 4).view(torch.float32).fill_(1.0)
+    return torch.ones(nbytes // 4, dtype=torch.float32)
+
+
+def read_ms(buffer: torch.Tensor) -> float:
+    """ms of one read of `buffer` (a sum), best of two."""
+    reads = []
+    for _ in range(2):
+        started = time.perf_counter()
+        buffer.sum()
+        reads.append((time.perf_counter() - started) * 1000)
+    return min(reads)

@@ -5,9 +5,10 @@
  *
  * Portable C: the inner loops are `omp simd` reductions (compiled with -fopenmp-simd, which
  * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
- * for AVX2, AVX-512 or NEON under -march=native. The bfloat16 and int8 weight rows, whose widening
- * GCC vectorizes poorly, also have AVX2 intrinsics, used where the target has AVX2 and FMA. Threads are this file's own pool: the calling
- * thread plus helpers that spin between the parallel parts of a step and sleep when idle.
+ * for AVX2, AVX-512 or NEON under -march=native. The bfloat16 and int8 weight rows, whose
+ * widening GCC vectorizes poorly, also have AVX2 intrinsics, used where the target has AVX2 and
+ * FMA. Threads are this file's own pool: the calling thread plus helpers that spin between the
+ * parallel parts of a step and sleep when idle.
  */
 #include <math.h>
 #include <pthread.h>

@@ -371,8 +371,8 @@ class CompiledForward:
     ) -> torch.Tensor:
         """Logits [n, vocab] (or [1, vocab], the last token's) for the n tokens at `slots`
         (increasing); their keys and values land in keys/values [layers, kv_heads, capacity,
-        head_dim] (contiguous, float32 or bfloat16), and token i sees the slab's slots 0..slots[i], the
-        earlier tokens of the call included. cos and signed_sin are the rotary rows of those
+        head_dim] (contiguous, float32 or bfloat16), and token i sees the slab's slots
+        0..slots[i], the earlier tokens of the call included. cos and signed_sin are the rotary rows of those
         positions, [n, head_dim] each."""
         layers, kv_heads, head_dim = self.shape
         n = len(tokens)

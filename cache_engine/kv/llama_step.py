@@ -11,8 +11,8 @@ form one matrix for two batched products (`_grouped_attention`); longer passes t
 flash kernel with `enable_gqa` (torch >= 2.5).
 
 What bounds a CPU decode step is reading the weights (and, at 2k tokens, the K/V), not Python.
-On CPU (float32, bfloat16 or int8 weights) a pass of up to `COMPILED_MAX_ROWS` tokens (a decode step, a verify pass, a
-short edit) is one call into the compiled C pass where it can be built
+On CPU (float32, bfloat16 or int8 weights) a pass of up to `COMPILED_MAX_ROWS` tokens (a decode
+step, a verify pass, a short edit) is one call into the compiled C pass where it can be built
 (kernels/llama_decode_cpu.py: 1.8x this module's torch step on the default model for one token,
 1.2x on the 0.5B shape); this module's torch arithmetic stays its reference and runs everything
 else. In torch (`Products`): passes of several rows (prefill, long edits) multiply

@@ -234,6 +234,20 @@ def test_without_a_compiler_it_says_which(monkeypatch, tmp_path) -> None:
 BF16 = {"atol": 2e-2, "rtol": 2e-2}
 
 
+def agree_over_passes(compiled, reference, slab_pair, slab_atol: float) -> None:
+    """Passes of three, one and nine tokens through both steps over copies of one slab: the
+    logits agree to 1e-5, the slabs to `slab_atol`."""
+    keys, values = slab_pair
+    ref_keys, ref_values = keys.clone(), values.clone()
+    for slot, ids in ((0, [3, 4, 5]), (3, [7]), (20, list(range(9, 18)))):
+        ids = torch.tensor(ids)
+        logits = compiled(ids, slot, keys, values, all_logits=True)
+        expected = reference(ids, slot, ref_keys, ref_values, all_logits=True)
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(keys, ref_keys, atol=slab_atol, rtol=0)
+        torch.testing.assert_close(values, ref_values, atol=slab_atol, rtol=0)
+
+
 def widened_copy(narrow):
     """A float32 model holding exactly the values of `narrow`'s bfloat16 weights."""
     wide = type(narrow)(narrow.config)
@@ -251,15 +265,7 @@ def test_bfloat16_weights_read_as_their_float32_values(model) -> None:
     compiled = LlamaStep(narrow, compiled_step=True)
     reference = LlamaStep(widened_copy(narrow), compiled_step=True)
     assert compiled.compiled_step_off is None
-    keys, values = slab(model, 40, 2)
-    ref_keys, ref_values = keys.clone(), values.clone()
-    for slot, ids in ((0, [3, 4, 5]), (3, [7]), (20, list(range(9, 18)))):
-        ids = torch.tensor(ids)
-        logits = compiled(ids, slot, keys, values, all_logits=True)
-        expected = reference(ids, slot, ref_keys, ref_values, all_logits=True)
-        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(keys, ref_keys, atol=1e-6, rtol=0)
-        torch.testing.assert_close(values, ref_values, atol=1e-6, rtol=0)
+    agree_over_passes(compiled, reference, slab(model, 40, 2), slab_atol=1e-6)
 
 
 def test_a_bfloat16_slab_holds_what_torch_would_round_to(model) -> None:
@@ -305,15 +311,7 @@ def test_int8_weights_read_as_the_values_they_stand_for(model) -> None:
     compiled = LlamaStep(quantized, compiled_step=True)
     reference = LlamaStep(wide, compiled_step=True)
     assert compiled.compiled_step_off is None
-    keys, values = slab(model, 40, 4)
-    ref_keys, ref_values = keys.clone(), values.clone()
-    for slot, ids in ((0, [3, 4, 5]), (3, [7]), (20, list(range(9, 18)))):
-        ids = torch.tensor(ids)
-        logits = compiled(ids, slot, keys, values, all_logits=True)
-        expected = reference(ids, slot, ref_keys, ref_values, all_logits=True)
-        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(keys, ref_keys, atol=1e-5, rtol=0)
-        torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=0)
+    agree_over_passes(compiled, reference, slab(model, 40, 4), slab_atol=1e-5)
     # Torch's int8 kernel rounds the activations to bfloat16; it stays within that rounding.
     torch_int8 = LlamaStep(quantized, compiled_step=False)
     keys, values = slab(model, 40, 4)
