@@ -6,8 +6,8 @@
  * Portable C: the inner loops are `omp simd` reductions (compiled with -fopenmp-simd, which
  * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
  * for AVX2, AVX-512 or NEON under -march=native. The bfloat16 and int8 weight rows, whose
- * widening GCC vectorizes poorly, also have AVX2 intrinsics, used where the target has AVX2 and
- * FMA. Threads are this file's own pool: the calling thread plus helpers that spin between the
+ * widening GCC vectorizes poorly, and attention's short dots also have AVX2 intrinsics, used
+ * where the target has AVX2 and FMA. Threads are this file's own pool: the calling thread plus helpers that spin between the
  * parallel parts of a step and sleep when idle.
  */
 #include <math.h>
@@ -30,6 +30,8 @@
 /* Slots of one K/V head whose values are summed together: 64 KB of 64-dim values, re-read from
  * L2 by each query of the group. */
 #define SLOT_BLOCK 256
+/* Bytes of values every query of a pass sums over before the next ones: half of a 32 KB L1. */
+#define VALUE_BYTES 16384
 
 /* How a projection's weights are stored. */
 enum { WEIGHTS_FLOAT32 = 0, WEIGHTS_BFLOAT16 = 1, WEIGHTS_INT8 = 2 };
@@ -574,6 +576,65 @@ typedef struct {
     float *widened; /* [kv_heads, SLOT_BLOCK, head_dim]: a bfloat16 block made float32 */
 } attention_t;
 
+#if defined(__AVX2__) && defined(__FMA__)
+#define VECTOR_ATTENTION
+/* Attention's sums in AVX2 for a head_dim that is a multiple of 8. A key's score is one 8-lane
+ * sum of products, its lanes then added in the tree ((0+1)+(2+3))+((4+5)+(6+7)): eight keys at
+ * once through hadd, a lone key in scalar code, which give the same bits. So a token's scores do
+ * not depend on which of its keys fall in a block of eight, which moves with the number of
+ * tokens in the pass: a verify pass must give the logits of one-token steps exactly. The 16-lane
+ * dots of the portable code spent more time adding their lanes than multiplying a 64-dim key. */
+static inline __attribute__((always_inline)) void eight_key_scores(const float *keys,
+                                                                   const float *q, int64_t d,
+                                                                   float scale, float *out) {
+    __m256 sum[8];
+    for (int j = 0; j < 8; j++) sum[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8) {
+        __m256 qi = _mm256_loadu_ps(q + i);
+        for (int j = 0; j < 8; j++)
+            sum[j] = _mm256_fmadd_ps(_mm256_loadu_ps(keys + j * d + i), qi, sum[j]);
+    }
+    /* hadd(a, b) = a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7. */
+    __m256 ab = _mm256_hadd_ps(sum[0], sum[1]), cd = _mm256_hadd_ps(sum[2], sum[3]);
+    __m256 ef = _mm256_hadd_ps(sum[4], sum[5]), gh = _mm256_hadd_ps(sum[6], sum[7]);
+    __m256 abcd = _mm256_hadd_ps(ab, cd), efgh = _mm256_hadd_ps(ef, gh);
+    __m256 low = _mm256_permute2f128_ps(abcd, efgh, 0x20);
+    __m256 high = _mm256_permute2f128_ps(abcd, efgh, 0x31);
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale)));
+}
+
+static inline __attribute__((always_inline)) float one_key_score(const float *key,
+                                                                 const float *q, int64_t d,
+                                                                 float scale) {
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8)
+        sum = _mm256_fmadd_ps(_mm256_loadu_ps(key + i), _mm256_loadu_ps(q + i), sum);
+    float a[8];
+    _mm256_storeu_ps(a, sum);
+    return (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) * scale;
+}
+
+/* og[0..d) += Σ p[t]·v[t] over `count` value rows d apart, 64 dims at a time held in registers
+ * across the rows (the portable loop loaded and stored og for every row). */
+static inline __attribute__((always_inline)) void add_weighted_values(const float *v,
+                                                                      const float *p,
+                                                                      int64_t count, int64_t d,
+                                                                      float *og) {
+    for (int64_t c0 = 0; c0 < d; c0 += 64) {
+        int64_t vectors = (d - c0 < 64 ? d - c0 : 64) / 8;
+        __m256 sum[8];
+        for (int64_t c = 0; c < vectors; c++) sum[c] = _mm256_loadu_ps(og + c0 + 8 * c);
+        for (int64_t t = 0; t < count; t++) {
+            __m256 pt = _mm256_set1_ps(p[t]);
+            const float *vt = v + t * d + c0;
+            for (int64_t c = 0; c < vectors; c++)
+                sum[c] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * c), sum[c]);
+        }
+        for (int64_t c = 0; c < vectors; c++) _mm256_storeu_ps(og + c0 + 8 * c, sum[c]);
+    }
+}
+#endif
+
 /* One K/V head's attention for its group of query heads in every row, with head_dim `d`:
  * inlined with d a constant for the common sizes. Each key is read from memory once and from L1
  * by every query of every row; values go by blocks of slots, read from memory once and then
@@ -596,6 +657,23 @@ static inline __attribute__((always_inline)) void attend(
             keys = widened;
         }
         int64_t s = b0;
+#ifdef VECTOR_ATTENTION
+        if (d % 8 == 0) {
+            for (; s + 8 <= b1; s += 8)
+                for (int64_t r = 0; r < rows; r++) {
+                    if (s >= lengths[r]) continue;
+                    for (int64_t g = 0; g < groups; g++)
+                        eight_key_scores(keys + (s - b0) * d, q + r * stride + g * d, d, scale,
+                                         scores + (r * groups + g) * capacity + s);
+                }
+            for (; s < b1; s++)
+                for (int64_t r = 0; r < rows; r++)
+                    if (s < lengths[r])
+                        for (int64_t g = 0; g < groups; g++)
+                            scores[(r * groups + g) * capacity + s] =
+                                one_key_score(keys + (s - b0) * d, q + r * stride + g * d, d, scale);
+        }
+#endif
         for (; s + 4 <= b1; s += 4)
             for (int64_t r = 0; r < rows; r++) {
                 if (s >= lengths[r]) continue;
@@ -636,24 +714,36 @@ static inline __attribute__((always_inline)) void attend(
         }
     for (int64_t s0 = 0; s0 < longest; s0 += SLOT_BLOCK) {
         const float *restrict values = (const float *)values_at + s0 * d;
+        int64_t end = s0 + SLOT_BLOCK < longest ? s0 + SLOT_BLOCK : longest;
         if (bf16) {
-            int64_t end = s0 + SLOT_BLOCK < longest ? s0 + SLOT_BLOCK : longest;
             widen((const uint16_t *)values_at + s0 * d, widened, (end - s0) * d);
             values = widened;
         }
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t s1 = s0 + SLOT_BLOCK < lengths[r] ? s0 + SLOT_BLOCK : lengths[r];
-            for (int64_t g = 0; g < groups; g++) {
-                const float *restrict sg = scores + (r * groups + g) * capacity;
-                float *restrict og = out + r * stride + g * d;
-                for (int64_t t = s0; t < s1; t++) {
-                    const float *restrict v = values + (t - s0) * d;
-                    float p = sg[t];
+        /* Each query of each row sums over the block a sub-block at a time, which stays in L1
+         * for all of them. */
+        int64_t sub = VALUE_BYTES / (int64_t)sizeof(float) / d;
+        if (sub < 1) sub = 1;
+        for (int64_t v0 = s0; v0 < end; v0 += sub)
+            for (int64_t r = 0; r < rows; r++) {
+                int64_t v1 = v0 + sub < lengths[r] ? v0 + sub : lengths[r];
+                if (v1 <= v0) continue;
+                for (int64_t g = 0; g < groups; g++) {
+                    const float *restrict sg = scores + (r * groups + g) * capacity;
+                    float *restrict og = out + r * stride + g * d;
+#ifdef VECTOR_ATTENTION
+                    if (d % 8 == 0) {
+                        add_weighted_values(values + (v0 - s0) * d, sg + v0, v1 - v0, d, og);
+                        continue;
+                    }
+#endif
+                    for (int64_t t = v0; t < v1; t++) {
+                        const float *restrict v = values + (t - s0) * d;
+                        float p = sg[t];
 #pragma omp simd
-                    for (int64_t i = 0; i < d; i++) og[i] += p * v[i];
+                        for (int64_t i = 0; i < d; i++) og[i] += p * v[i];
+                    }
                 }
             }
-        }
     }
 }
 
