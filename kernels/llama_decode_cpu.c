@@ -7,8 +7,8 @@
  * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
  * for AVX2, AVX-512 or NEON under -march=native. The bfloat16 and int8 weight rows, whose
  * widening GCC vectorizes poorly, and attention's short dots also have AVX2 intrinsics, used
- * where the target has AVX2 and FMA. Threads are this file's own pool: the calling thread plus helpers that spin between the
- * parallel parts of a step and sleep when idle.
+ * where the target has AVX2 and FMA. Threads are this file's own pool: the calling thread plus
+ * helpers that spin between the parallel parts of a step and sleep when idle.
  */
 #include <math.h>
 #include <pthread.h>
@@ -27,8 +27,8 @@
 #define COLUMN_ROWS 4
 /* The most tokens one call takes: a verify pass, an edit's few new tokens, a short refresh. */
 #define MAX_ROWS 64
-/* Slots of one K/V head whose values are summed together: 64 KB of 64-dim values, re-read from
- * L2 by each query of the group. */
+/* Slots of one K/V head whose keys, then values, are taken together (a bfloat16 block is widened
+ * once for all queries); values are summed by sub-blocks of VALUE_BYTES within it. */
 #define SLOT_BLOCK 256
 /* Bytes of values every query of a pass sums over before the next ones: half of a 32 KB L1. */
 #define VALUE_BYTES 16384
@@ -725,7 +725,8 @@ static inline __attribute__((always_inline)) void attend(
         if (sub < 1) sub = 1;
         for (int64_t v0 = s0; v0 < end; v0 += sub)
             for (int64_t r = 0; r < rows; r++) {
-                int64_t v1 = v0 + sub < lengths[r] ? v0 + sub : lengths[r];
+                int64_t v1 = v0 + sub < end ? v0 + sub : end;
+                if (v1 > lengths[r]) v1 = lengths[r];
                 if (v1 <= v0) continue;
                 for (int64_t g = 0; g < groups; g++) {
                     const float *restrict sg = scores + (r * groups + g) * capacity;

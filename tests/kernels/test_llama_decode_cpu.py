@@ -77,6 +77,12 @@ def test_matches_the_torch_step_at_every_kind_of_slot(model) -> None:
     compare(model, [0, 1, 3, 64, 65, 130, 149])
 
 
+def test_attention_over_several_blocks_of_slots_counts_each_slot_once(model) -> None:
+    # Past 256 slots keys and values go by blocks, and values by sub-blocks within them, whose
+    # length follows head_dim (12 in llama-odd, which a block does not divide).
+    compare(model, [300, 301, 399], capacity=400)
+
+
 def compare_rows(model, runs: list[list[int]], all_logits: bool, capacity: int = 150) -> None:
     """Each run of slots goes through both steps as one pass, in order, over the same slab."""
     compiled = LlamaStep(model, compiled_step=True)
