@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,9 +27,11 @@ from cache_engine.completion.speculation import PromptLookup
 from cache_engine.model.loading import load_model
 
 RESULTS = Path(__file__).parent / "results" / "speculation_ceiling.json"
+# (prompt ids, greedy tokens) at one place.
+Run = tuple[list[int], list[int]]
 
 
-def greedy_runs(tokens: int, places_per_file: int) -> list[tuple[list[int], list[int]]]:
+def greedy_runs(tokens: int, places_per_file: int) -> list[Run]:
     """(prompt ids, greedy tokens) at each place."""
     loaded = load_model("default")
     engine = CompletionEngine(loaded, CompletionSettings(max_new_tokens=1))
@@ -46,7 +49,7 @@ def greedy_runs(tokens: int, places_per_file: int) -> list[tuple[list[int], list
     return runs
 
 
-def replay(runs, make_drafter, slopes: list[float]) -> dict:
+def replay(runs: list[Run], make_drafter: Callable[[], PromptLookup], slopes: list[float]) -> dict:
     """Passes, drafted and kept tokens, and the speed-up at each cost slope, of one drafter."""
     passes = drafted = kept = 0
     cost = dict.fromkeys(slopes, 0.0)
@@ -54,11 +57,11 @@ def replay(runs, make_drafter, slopes: list[float]) -> dict:
         drafter = make_drafter()
         done = 1  # the first token comes from the prompt's logits
         while done < len(greedy):
-            proposal = drafter(prompt + greedy[:done])[: len(greedy) - done] if drafter else []
+            proposal = drafter(prompt + greedy[:done])[: len(greedy) - done]
             agreed = 0
             while agreed < len(proposal) and proposal[agreed] == greedy[done + agreed]:
                 agreed += 1
-            if drafter and proposal:
+            if proposal:
                 drafter.record(agreed, len(proposal))
             passes += 1
             drafted += len(proposal)
