@@ -354,6 +354,11 @@ class CompiledForward:
         self._tensors = (embed, layers, final_norm, lm_head, copies)
         self._scratch = torch.empty(0)
         self._scratch_rows = 0
+        # A pass's token ids, then its slots, as the C pass reads them; filled under the lock.
+        self._ids = torch.empty(2 * MAX_ROWS, dtype=torch.int64)
+        self._ids_view = self._ids.numpy()
+        self._ids_pointer = self._ids.data_ptr()
+        self._model_ref = ctypes.byref(self._model)
         self._slab: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._lock = threading.Lock()
 
@@ -374,13 +379,64 @@ class CompiledForward:
         head_dim] (contiguous, float32 or bfloat16), and token i sees the slab's slots
         0..slots[i], the earlier tokens of the call included. cos and signed_sin are the rotary rows of those
         positions, [n, head_dim] each."""
-        layers, kv_heads, head_dim = self.shape
         n = len(tokens)
         if not 1 <= n <= MAX_ROWS or len(slots) != n:
             raise ValueError(
                 f"{n} tokens at {len(slots)} slots: a pass takes 1 to {MAX_ROWS} tokens, one slot "
                 "each"
             )
+        self._check_slab(keys, values)
+        capacity = keys.shape[2]
+        for index, slot in enumerate(slots):
+            if not 0 <= slot < capacity:
+                raise ValueError(f"slot {slot} is outside the slab's {capacity} slots")
+            if index and slot <= slots[index - 1]:
+                raise ValueError(f"slots {list(slots)} are not increasing")
+        for token in tokens:
+            if not 0 <= token < self.vocab:
+                raise ValueError(f"token {token} is outside the vocabulary of {self.vocab}")
+        head_dim = self.shape[2]
+        for name, rows in (("cos", cos), ("signed_sin", signed_sin)):
+            _float32_cpu(name, rows)
+            if rows.numel() != n * head_dim or not rows.is_contiguous():
+                raise ValueError(f"{name} must be {n} x {head_dim} contiguous values")
+        # The structs and the scratch change before each pass: one pass at a time.
+        with self._lock:
+            self._point_at(keys, values)
+            view = self._ids_view
+            view[:n] = tokens
+            view[n : 2 * n] = slots
+            return self._run(n, cos.data_ptr(), signed_sin.data_ptr(), all_logits, threads)
+
+    def bind(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cos_table: torch.Tensor,
+        signed_sin_table: torch.Tensor,
+        threads: int,
+    ) -> BoundPass:
+        """A pass over this slab whose tokens sit at adjacent slots, slot s at position s, with
+        the rotary rows of position s at row s of the tables ([rows, ..., head_dim] float32,
+        contiguous, a row for every slot): everything but the tokens and the first slot is
+        checked here, once."""
+        self._check_slab(keys, values)
+        head_dim = self.shape[2]
+        for name, table in (("cos_table", cos_table), ("signed_sin_table", signed_sin_table)):
+            _float32_cpu(name, table)
+            if (
+                not table.is_contiguous()
+                or table.shape[-1] != head_dim
+                or table.numel() < keys.shape[2] * head_dim
+            ):
+                raise ValueError(
+                    f"{name} must hold {keys.shape[2]} contiguous rows of {head_dim}, got "
+                    f"{tuple(table.shape)}"
+                )
+        return BoundPass(self, keys, values, cos_table, signed_sin_table, threads)
+
+    def _check_slab(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        layers, kv_heads, head_dim = self.shape
         for name, slab in (("keys", keys), ("values", values)):
             _stored_cpu(name, slab)
             if slab.dim() != 4 or (slab.shape[0], slab.shape[1], slab.shape[3]) != (
@@ -394,62 +450,102 @@ class CompiledForward:
                 )
             if not slab.is_contiguous():
                 raise ValueError(f"{name} must be contiguous")
-        capacity = keys.shape[2]
         if values.shape != keys.shape or values.dtype != keys.dtype:
             raise ValueError(
                 f"values {tuple(values.shape)} {values.dtype} differ from keys "
                 f"{tuple(keys.shape)} {keys.dtype}"
             )
-        for index, slot in enumerate(slots):
-            if not 0 <= slot < capacity:
-                raise ValueError(f"slot {slot} is outside the slab's {capacity} slots")
-            if index and slot <= slots[index - 1]:
-                raise ValueError(f"slots {list(slots)} are not increasing")
-        for token in tokens:
-            if not 0 <= token < self.vocab:
-                raise ValueError(f"token {token} is outside the vocabulary of {self.vocab}")
-        for name, rows in (("cos", cos), ("signed_sin", signed_sin)):
-            _float32_cpu(name, rows)
-            if rows.numel() != n * head_dim or not rows.is_contiguous():
-                raise ValueError(f"{name} must be {n} x {head_dim} contiguous values")
-        # The structs and the scratch change before each pass: one pass at a time.
-        with self._lock:
-            model = self._model
-            slab = (keys.data_ptr(), values.data_ptr(), capacity, keys.element_size())
-            if slab != self._slab:
-                key_base, value_base, _, element = slab
-                model.capacity = capacity
-                model.slab_bf16 = int(keys.dtype == torch.bfloat16)
-                layer_bytes = element * kv_heads * capacity * head_dim
-                for index in range(layers):
-                    layer = self._layers[index]
-                    layer.keys = key_base + index * layer_bytes
-                    layer.values = value_base + index * layer_bytes
-                self._slab = slab
-                self._scratch_rows = 0
-            if n > self._scratch_rows:
-                # What a pass needs depends on its rows and the slab's capacity only.
-                needed = self.library.pie_forward_scratch_floats(ctypes.byref(model), n)
-                if self._scratch.numel() < needed:
-                    self._scratch = torch.empty(needed, dtype=torch.float32)
-                self._scratch_rows = n
-            ids = torch.tensor([*tokens, *slots], dtype=torch.int64)
-            logit_rows = n if all_logits else 1
-            logits = torch.empty(logit_rows, self.vocab, dtype=torch.float32)
-            status = self.library.pie_forward(
-                ctypes.byref(model),
-                n,
-                ids.data_ptr(),
-                ids.data_ptr() + 8 * n,
-                cos.data_ptr(),
-                signed_sin.data_ptr(),
-                logits.data_ptr(),
-                logit_rows,
-                self._scratch.data_ptr(),
-                threads,
+
+    def _point_at(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Point the layer structs at this (checked) slab; under the lock."""
+        capacity = keys.shape[2]
+        slab = (keys.data_ptr(), values.data_ptr(), capacity, keys.element_size())
+        if slab == self._slab:
+            return
+        layers, kv_heads, head_dim = self.shape
+        key_base, value_base, _, element = slab
+        self._model.capacity = capacity
+        self._model.slab_bf16 = int(keys.dtype == torch.bfloat16)
+        layer_bytes = element * kv_heads * capacity * head_dim
+        for index in range(layers):
+            layer = self._layers[index]
+            layer.keys = key_base + index * layer_bytes
+            layer.values = value_base + index * layer_bytes
+        self._slab = slab
+        self._scratch_rows = 0
+
+    def _run(
+        self, n: int, cos: int, signed_sin: int, all_logits: bool, threads: int
+    ) -> torch.Tensor:
+        """The C pass over the n tokens and slots in the ids buffer; under the lock."""
+        if n > self._scratch_rows:
+            # What a pass needs depends on its rows and the slab's capacity only.
+            needed = self.library.pie_forward_scratch_floats(self._model_ref, n)
+            if self._scratch.numel() < needed:
+                self._scratch = torch.empty(needed, dtype=torch.float32)
+            self._scratch_rows = n
+        logit_rows = n if all_logits else 1
+        logits = torch.empty(logit_rows, self.vocab, dtype=torch.float32)
+        ids = self._ids_pointer
+        status = self.library.pie_forward(
+            self._model_ref,
+            n,
+            ids,
+            ids + 8 * n,
+            cos,
+            signed_sin,
+            logits.data_ptr(),
+            logit_rows,
+            self._scratch.data_ptr(),
+            threads,
+        )
+        if status != 0:
+            view = self._ids_view
+            raise ValueError(
+                f"the compiled pass refused tokens {view[:n].tolist()} at "
+                f"{view[n : 2 * n].tolist()}"
             )
-            if status != 0:
-                raise ValueError(
-                    f"the compiled pass refused tokens {list(tokens)} at {list(slots)}"
-                )
-            return logits
+        return logits
+
+
+class BoundPass:
+    """`CompiledForward.bind`: a pass over one slab for tokens at adjacent slots (a decode
+    step, a verify pass), which costs the C call and little else. It holds the slab and the
+    tables it was bound to; after the slab grows, bind again."""
+
+    def __init__(
+        self,
+        forward: CompiledForward,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cos_table: torch.Tensor,
+        signed_sin_table: torch.Tensor,
+        threads: int,
+    ):
+        self.forward = forward
+        self.keys, self.values = keys, values
+        self.capacity = keys.shape[2]
+        self.threads = threads
+        self._tables = (cos_table, signed_sin_table)
+        self._cos, self._signed_sin = cos_table.data_ptr(), signed_sin_table.data_ptr()
+        self._row_bytes = 4 * forward.shape[2]
+
+    def __call__(
+        self, tokens: Sequence[int], slot: int, *, all_logits: bool = False
+    ) -> torch.Tensor:
+        """Logits [n, vocab] (or [1, vocab], the last token's) for tokens at slots slot..; as
+        `CompiledForward.__call__`. The C pass checks the ids and says which it refused."""
+        n = len(tokens)
+        if not 1 <= n <= MAX_ROWS or slot < 0 or slot + n > self.capacity:
+            raise ValueError(
+                f"{n} tokens at slot {slot}: a pass takes 1 to {MAX_ROWS} tokens within the "
+                f"slab's {self.capacity} slots"
+            )
+        forward = self.forward
+        with forward._lock:
+            forward._point_at(self.keys, self.values)
+            view = forward._ids_view
+            view[:n] = tokens
+            view[n : 2 * n] = range(slot, slot + n)
+            at = slot * self._row_bytes
+            return forward._run(n, self._cos + at, self._signed_sin + at, all_logits, self.threads)

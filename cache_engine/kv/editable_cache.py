@@ -35,9 +35,10 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 import kernels
 from cache_engine.kv.decode_graph import CudaGraphDecode
-from cache_engine.kv.llama_step import LlamaStep, UnsupportedStepError
+from cache_engine.kv.llama_step import COMPILED_MAX_ROWS, LlamaStep, UnsupportedStepError
 from cache_engine.kv.rotary import RotarySpec, rotary_spec
 from cache_engine.kv.token_edits import TokenEdit, apply_to_ids, validate_edits
+from kernels.llama_decode_cpu import BoundPass
 
 
 class Drafter(Protocol):
@@ -593,6 +594,7 @@ class EditableCache:
         allowed = constraint(generated) if constraint is not None else None
         logits = self.next_token_logits()
         token = _most_likely(logits, allowed)
+        bound = self._bound_pass()
         while True:
             generated.append(token)
             if not on_token(token, _log_prob(logits, token)) or len(generated) >= limit:
@@ -605,8 +607,14 @@ class EditableCache:
             proposal = proposal[: max(0, limit - len(generated))]
             if self.max_capacity is not None:
                 proposal = proposal[: max(0, self.max_capacity - slot - 1)]
-            self._ensure_capacity(slot + 1 + len(proposal), keep=slot)
-            step = self._forward([token, *proposal], slot, keep_logits=False, all_logits=True)
+            if self._ensure_capacity(slot + 1 + len(proposal), keep=slot):
+                bound = self._bound_pass()
+            if bound is not None and len(proposal) < COMPILED_MAX_ROWS:
+                # Not booked as _forward books a pass: generated tokens are not kept, so
+                # nothing reads their slots' positions or the pass's logits afterwards.
+                step = bound([token, *proposal], slot, all_logits=True)
+            else:
+                step = self._forward([token, *proposal], slot, keep_logits=False, all_logits=True)
             # Row by row, and only the rows kept (see _most_likely); the row after the kept
             # ones gives the next token.
             accepted = 0
@@ -645,20 +653,29 @@ class EditableCache:
         self, ids: list[int], slot: int, *, keep_logits: bool, all_logits: bool = False
     ) -> torch.Tensor:
         """Run ids at positions slot.. writing K/V at those slots; returns fp32 logits."""
-        input_ids = torch.tensor(ids, device=self.device)
         if self._decode_graph is not None and len(ids) == 1:
             slab = self._slab
+            input_ids = torch.tensor(ids, device=self.device)
             logits = self._decode_graph(input_ids, slot, slab.keys, slab.values).float()
         elif self._lean_step is not None:
             slab = self._slab
-            logits = self._lean_step(
-                input_ids, slot, slab.keys, slab.values, all_logits=all_logits
-            ).float()
+            # A list: the compiled pass takes the ids as they are, without a tensor round trip.
+            logits = self._lean_step(ids, slot, slab.keys, slab.values, all_logits=all_logits)
+            logits = logits.float()
         else:
+            input_ids = torch.tensor(ids, device=self.device)
             logits = self._hf_forward(input_ids, slot, all_logits=all_logits)
-        self._positions[slot : slot + len(ids)] = torch.arange(slot, slot + len(ids))
+        torch.arange(slot, slot + len(ids), out=self._positions[slot : slot + len(ids)])
         self._last_forward_logits = logits[-1]
         return logits
+
+    def _bound_pass(self) -> BoundPass | None:
+        """The compiled pass bound to today's slab, for a decode loop (one-token steps and
+        verify passes): built per generate() call and after the slab grows, since the weights
+        may have moved between calls. None where it is not the path a pass takes."""
+        if self._lean_step is None or self._decode_graph is not None:
+            return None
+        return self._lean_step.bound_pass(self._slab.keys, self._slab.values)
 
     def _forward_scattered(self, ids: list[int], slots: list[int]) -> torch.Tensor:
         """Run ids at increasing, not necessarily adjacent slots (the lean step only); returns
@@ -732,10 +749,16 @@ class EditableCache:
                 f"the edit needs {needed} tokens but the cache holds at most {self.max_capacity}"
             )
 
-    @torch.inference_mode(False)
-    def _ensure_capacity(self, needed: int, keep: int | None = None) -> None:
+    def _ensure_capacity(self, needed: int, keep: int | None = None) -> bool:
+        """Grow the slab to hold `needed` slots, keeping the first `keep` (all the cached
+        ones by default); whether it grew."""
         if needed <= self._slab.capacity:
-            return
+            return False
+        self._grow(needed, keep)
+        return True
+
+    @torch.inference_mode(False)
+    def _grow(self, needed: int, keep: int | None) -> None:
         keep = len(self._ids) if keep is None else keep
         capacity = self._slab.capacity
         while capacity < needed:

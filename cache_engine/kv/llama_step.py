@@ -37,6 +37,7 @@ and the cache keeps the transformers forward. Projections are plain `nn.Linear` 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,7 @@ from cache_engine.kv.rotary import rotary_spec
 from cache_engine.model.quantization import Int8WeightOnlyLinear
 from kernels.blas_linear import blas_linear, blas_products_usable
 from kernels.llama_decode_cpu import (
+    BoundPass,
     CompiledForward,
     CompiledStepUnavailable,
     LayerTensors,
@@ -281,7 +283,7 @@ class LlamaStep:
         if not self._weights:
             # The Parameter objects stay; what they hold may change.
             self._weights = self._weight_tensors()
-        weights = tuple(t.data_ptr() for t in self._weights)
+        weights = tuple(map(torch.Tensor.data_ptr, self._weights))
         if self._compiled is None or weights != self._compiled_weights:
             if any(w.q_norm is not None for w in self.layers):
                 raise CompiledStepUnavailable("the compiled step has no per-head q/k norms")
@@ -305,6 +307,21 @@ class LlamaStep:
             )
             self._compiled_weights = weights
         return self._compiled
+
+    def bound_pass(self, keys: torch.Tensor, values: torch.Tensor) -> BoundPass | None:
+        """The compiled pass bound to this slab (see `CompiledForward.bind`), for passes of up to
+        COMPILED_MAX_ROWS tokens at adjacent slots; None where the compiled step is off. It
+        reads the weights where they are now: bind again after they move, or after the slab
+        grows."""
+        if self.compiled_step_off is not None:
+            return None
+        try:
+            compiled = self._compiled_step()
+        except CompiledStepUnavailable as error:
+            self.compiled_step_off = str(error)
+            return None
+        cos, signed_sin = self._rotary_rows(0, keys.shape[2], torch.float32)
+        return compiled.bind(keys, values, cos, signed_sin, torch.get_num_threads())
 
     def _layer_weights(self, layer: torch.nn.Module, label: str) -> _LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
@@ -366,7 +383,7 @@ class LlamaStep:
     @torch.inference_mode()
     def __call__(
         self,
-        ids: torch.Tensor,
+        ids: torch.Tensor | Sequence[int],
         slot: int | torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
@@ -380,7 +397,7 @@ class LlamaStep:
         adjacent): token i then sits at slot[i] and sees the slab up to it, the batch's earlier
         tokens included, which is what running the runs one after the other would give. It lets
         one pass encode an edit's new tokens and re-feed the document's last token."""
-        n = ids.shape[0]
+        n = len(ids)
         scattered = isinstance(slot, torch.Tensor)
         if scattered:
             slots = slot.to(device=self.device, dtype=torch.long)
@@ -403,8 +420,9 @@ class LlamaStep:
                 cos, signed_sin = self._rotary_rows(first, stop, torch.float32)
                 if scattered:
                     cos, signed_sin = cos[slots - first], signed_sin[slots - first]
-                token_list = ids.tolist()
+                token_list = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
                 slot_list = slots.tolist() if scattered else list(range(first, stop))
+                threads = torch.get_num_threads()
                 # Each pass's tokens see the slab the passes before wrote: the same as one pass.
                 logits = [
                     compiled(
@@ -414,12 +432,16 @@ class LlamaStep:
                         values,
                         cos[at : at + COMPILED_MAX_ROWS],
                         signed_sin[at : at + COMPILED_MAX_ROWS],
-                        torch.get_num_threads(),
+                        threads,
                         all_logits=all_logits,
                     )
                     for at in range(0, n, COMPILED_MAX_ROWS)
                 ]
+                if len(logits) == 1:
+                    return logits[0]
                 return torch.cat(logits) if all_logits else logits[-1]
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         groups = heads // kv_heads
         cos, signed_sin = self._rotary_rows(first, stop)

@@ -175,6 +175,58 @@ def test_one_thread_and_two_give_the_same_bits(model) -> None:
         assert torch.equal(one, two)
 
 
+def test_a_bound_pass_gives_the_bits_of_the_unbound_one(model) -> None:
+    compiled = LlamaStep(model, compiled_step=True)._compiled_step()
+    cos, signed_sin = LlamaStep(model, compiled_step=False).rotary_table(90)
+    keys, values = slab(model, 90, 6)
+    bound_keys, bound_values = keys.clone(), values.clone()
+    bound = compiled.bind(bound_keys, bound_values, cos, signed_sin, 2)
+    # Another slab between the bound passes: the struct the C pass reads is the forward's, so
+    # the bound pass must point it back at its own slab.
+    other_keys, other_values = slab(model, 40, 7)
+    for tokens, slot in (([4], 0), ([9], 1), ([2, 7, 1, 8, 2], 40), ([5], 89), ([6, 6], 60)):
+        rows = slice(slot, slot + len(tokens))
+        expected = compiled(
+            tokens,
+            list(range(rows.start, rows.stop)),
+            keys,
+            values,
+            cos[rows],
+            signed_sin[rows],
+            2,
+            all_logits=True,
+        )
+        compiled([3], [39], other_keys, other_values, cos[39:40], signed_sin[39:40], 2)
+        assert torch.equal(bound(tokens, slot, all_logits=True), expected)
+        assert torch.equal(bound_keys, keys) and torch.equal(bound_values, values)
+    last = bound([1, 2, 3], 10)
+    assert last.shape == (1, model.config.vocab_size)
+
+
+def test_a_bound_pass_names_what_it_refuses_and_writes_nothing() -> None:
+    model = tiny_model("llama")
+    compiled = LlamaStep(model, compiled_step=True)._compiled_step()
+    cos, signed_sin = LlamaStep(model, compiled_step=False).rotary_table(8)
+    keys, values = slab(model, 8, 5)
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=r"cos_table must hold 8 contiguous rows of 16, got"):
+        compiled.bind(keys, values, cos[:7], signed_sin, 2)
+    with pytest.raises(ValueError, match=r"keys must be \[2, 2, capacity, 16\]"):
+        compiled.bind(keys[..., 0], values, cos, signed_sin, 2)
+    bound = compiled.bind(keys, values, cos, signed_sin, 2)
+    untouched = keys.clone(), values.clone()
+    with pytest.raises(ValueError, match=rf"refused tokens \[1, {vocab}\] at \[3, 4\]"):
+        bound([1, vocab], 3)
+    with pytest.raises(
+        ValueError,
+        match="2 tokens at slot 7: a pass takes 1 to 64 tokens within the slab's 8 slots",
+    ):
+        bound([1, 2], 7)
+    with pytest.raises(ValueError, match="0 tokens at slot 0"):
+        bound([], 0)
+    assert torch.equal(keys, untouched[0]) and torch.equal(values, untouched[1])
+
+
 def test_greedy_decoding_of_the_default_model_is_unchanged() -> None:
     model = load_model("default").model
     ids = random.Random(4).choices(range(model.config.vocab_size), k=700)
