@@ -75,7 +75,7 @@ def source(relative: str) -> str:
     package, _, rest = relative.partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise SystemExit(f"{package} is not installed: the benchmark needs its sources")
+        raise SystemExit(f"{package} is not installed: pip install -e '.[held-out]'")
     return (Path(spec.origin).parent / rest).read_text()
 
 

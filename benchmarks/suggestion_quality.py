@@ -97,7 +97,7 @@ def package_files() -> list[tuple[str, str]]:
     for package in PLACE_PACKAGES:
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
-            raise SystemExit(f"package {package!r} is not installed; run scripts/setup")
+            raise SystemExit(f"package {package!r} is not installed: pip install -e '.[held-out]'")
         root = Path(spec.origin).parent
         for path in sorted(root.rglob("*.py")):
             if "test" in path.relative_to(root).parts[0:-1] or path.name.startswith("test"):
