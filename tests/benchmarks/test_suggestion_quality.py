@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.suggestion_quality import junk_start, right_start
+from benchmarks.suggestion_quality import choose_default, junk_start, meets_targets, right_start
 
 TEXT = "from .padding import PaddingDimensions\n\ndef pad(value):\n    return value.\n"
 
@@ -31,3 +31,32 @@ def test_lone_letters_and_comment_stutters_are_junk_and_right_starts_never() -> 
     assert not junk_start("strip()", "strip()", TEXT, cursor)
     assert right_start("strip() + 1", "strip() or value")
     assert not right_start("split()", "strip()")
+
+
+def point(shown_rate: float, right: float, junk: float) -> dict[str, float]:
+    return {"shown_rate": shown_rate, "right_start_of_shown": right, "junk_start_of_shown": junk}
+
+
+def test_targets_must_hold_beyond_the_sampling_error() -> None:
+    # 242 of 432 shown, junk 4.96 %: on the line, within its error, so not met.
+    assert not meets_targets(point(0.56, 0.269, 0.0496), 432)
+    # 167 shown, junk 2.4 %, right 32.3 %: clear of both lines.
+    assert meets_targets(point(0.387, 0.323, 0.024), 432)
+    # No junk among three shown is no evidence; neither is a shown rate under 30 %.
+    assert not meets_targets(point(3 / 10, 1.0, 0.0), 10)
+    assert not meets_targets(point(0.29, 0.5, 0.0), 10_000)
+
+
+def test_the_default_is_the_most_shown_gate_that_meets_the_targets() -> None:
+    curve = [
+        {"min_confidence": 0.4, **point(0.56, 0.269, 0.0496)},
+        {"min_confidence": 0.5, **point(0.387, 0.323, 0.024)},
+        {"min_confidence": 0.6, **point(0.30, 0.35, 0.02)},
+    ]
+    configurations = [
+        {"name": "no healing", "heal_tokens": False, "min_token_prob": 0.0, "gate_curve": curve},
+        {"name": "healing", "heal_tokens": True, "min_token_prob": 0.1, "gate_curve": curve},
+    ]
+    chosen = choose_default(configurations, 432)
+    assert chosen["meets_targets"]
+    assert (chosen["configuration"], chosen["min_confidence"]) == ("healing", 0.5)
