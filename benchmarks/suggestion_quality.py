@@ -51,7 +51,7 @@ from cache_engine.completion.engine import CompletionEngine
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.model.corpus import EVALUATION_PACKAGES, is_generated
 from cache_engine.model.evaluation import QUALITY_MARKER
-from cache_engine.model.loading import DEFAULT_MODEL_DIR, load_model
+from cache_engine.model.loading import load_model, model_folder
 
 RESULTS = Path(__file__).parent / "results"
 PlaceKind = Literal["line start", "after name.", "after ("]
@@ -320,7 +320,7 @@ def choose_default(configurations: list[dict], places: int) -> dict:
 def calibrate(model: str, chosen: dict) -> None:
     """Record the chosen gate in the model's config.json (`completion_gate`), which the
     engine uses while minConfidence and minTokenProb are -1."""
-    folder = DEFAULT_MODEL_DIR if model == "default" else Path(model)
+    folder = model_folder(model)
     path = folder / "config.json"
     config = json.loads(path.read_text())
     config["completion_gate"] = {
@@ -360,7 +360,7 @@ Without healing or gate: shown {ungated["shown_rate"]:.1%}, right starts
 
 
 def write_card_section(model: str, result: dict) -> None:
-    folder = DEFAULT_MODEL_DIR if model == "default" else Path(model)
+    folder = model_folder(model)
     path = folder / "MODEL_CARD.md"
     card = path.read_text() if path.exists() else ""
     if QUALITY_MARKER in card:

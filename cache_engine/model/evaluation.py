@@ -23,7 +23,13 @@ import torch
 
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.model.corpus import HELD_OUT_MODULES, collect_sources
-from cache_engine.model.loading import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from cache_engine.model.loading import (
+    DEFAULT_MODEL_DIR,
+    LoadedModel,
+    ModelLoadError,
+    load_model,
+    model_folder,
+)
 from cache_engine.model.next_line import generate_next_line, next_line_context
 
 WINDOW = 1024
@@ -291,8 +297,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-card", action="store_true")
-    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR / "evaluation.json")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where the JSON goes (default: evaluation.json in the evaluated model's folder)",
+    )
     args = parser.parse_args(argv)
+    try:
+        folder = model_folder(args.model)
+    except ModelLoadError as error:
+        parser.error(str(error))
+    if args.output is None:
+        args.output = folder / "evaluation.json"
     result = evaluate(args)
     printable = {k: v for k, v in result.items() if k not in ("samples", "next_line_examples")}
     print(json.dumps(printable, indent=1))

@@ -80,6 +80,18 @@ def find_fim_tokens(tokenizer: PreTrainedTokenizerBase) -> FimTokens | None:
     return None
 
 
+def model_folder(name_or_path: str) -> Path:
+    """The local folder a `--model` argument names: the shipped model's for "default", else the
+    path with `~` expanded. Raises ModelLoadError when that folder does not exist, so that a
+    tool writing results beside a model never writes them beside another one."""
+    if name_or_path == DEFAULT_MODEL_NAME:
+        return DEFAULT_MODEL_DIR
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder {name_or_path!r} does not exist")
+    return path
+
+
 def _resolve_source(name_or_path: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local folder)."""
     if name_or_path == DEFAULT_MODEL_NAME:
