@@ -11,6 +11,8 @@ Precisions (each a copy of the fp32 model as loaded):
   int8       int8 weight-only linear layers, lm_head included (cache_engine/model/quantization.py);
              the rest (embedding, norms, activations, K/V) stays fp32
   int8+bf16  int8 linear layers, the rest in bf16
+  int8-dynamic  int8 linear layers whose inputs are rounded to int8 too, by blocks of 32 as each
+             product starts (quantize_int8_dynamic): the C pass sums int8 products in integers
 Speed: the engine's lean step (EditableCache(forward="lean").generate) decodes --new-tokens
 tokens after --context random token ids; ms/token is a run's time over its forward passes. The
 precisions take turns within each repeat (the first rotating) so load on the machine falls on
@@ -57,11 +59,12 @@ from cache_engine.kv.llama_step import store_weights_transposed
 from cache_engine.model.corpus import collect_sources
 from cache_engine.model.huge_pages import store_weights_in_huge_pages
 from cache_engine.model.loading import load_model
-from cache_engine.model.quantization import quantize_int8_weight_only
+from cache_engine.model.quantization import quantize_int8_dynamic, quantize_int8_weight_only
+from kernels.llama_decode_cpu import int8_activation_path
 
 RESULTS = Path(__file__).parent / "results" / "precision.json"
-PRECISIONS = ("fp32", "fp32-transposed", "bf16", "int8", "int8+bf16")
-DEFAULT_PRECISIONS = ("fp32", "bf16", "int8", "int8+bf16")
+PRECISIONS = ("fp32", "fp32-transposed", "bf16", "int8", "int8+bf16", "int8-dynamic")
+DEFAULT_PRECISIONS = ("fp32", "bf16", "int8", "int8+bf16", "int8-dynamic")
 
 
 def at_precision(model: nn.Module, precision: str) -> nn.Module:
@@ -74,6 +77,8 @@ def at_precision(model: nn.Module, precision: str) -> nn.Module:
         variant.to(torch.bfloat16)
     if precision in ("int8", "int8+bf16"):
         quantize_int8_weight_only(variant)
+    if precision == "int8-dynamic":
+        quantize_int8_dynamic(variant)
     store_weights_in_huge_pages(variant)  # as load_model would
     return variant.eval()
 
@@ -304,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             read_bandwidth_gb_s={t: b / 1e9 for t, b in bandwidths.items()},
             load_average_start=load_at_start,
         ),
+        "int8_activation_products": int8_activation_path(),
         "context": args.context,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,

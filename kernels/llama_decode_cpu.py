@@ -21,12 +21,18 @@ that hashes the source, the flags, the compiler and the CPU's flags, so a change
 builds anew. Without a compiler, `CompiledStepUnavailable` says why and callers keep torch.
 
 Weights may be float32, bfloat16 (row-major) or int8 with one scale per output row (row-major,
-cache_engine/model/quantization.py's weight-only int8), and the K/V slab float32 or bfloat16.
+cache_engine/model/quantization.py's weight-only int8, or its int8 with dynamically quantized
+activations), and the K/V slab float32 or bfloat16.
 The arithmetic is float32 throughout: bfloat16 and int8 values are widened as they are read, an
 int8 row's sum of products is multiplied by its scale, and keys and values are rounded to
 nearest-even as they are written to a bfloat16 slab, as torch's `.to(torch.bfloat16)` rounds.
 bfloat16 weights halve the bytes a step reads and int8 quarters them (torch's int8 kernel
-instead rounds the activations to bfloat16). Norm weights, biases and scales are copied to
+instead rounds the activations to bfloat16). Widening int8 weights to float32 costs more time
+than reading them on two cores (2.1x the read's time on the 0.5B shape), so int8 projections
+may also take their inputs quantized: each input row is rounded to int8 by blocks of 32 with a
+scale each, once per product for all threads, and a row's product is the sum over blocks of
+scale · Σ q·w, the inner sums in 32-bit integers (AVX-512 VNNI's vpdpbusd, AVX2's maddubs and
+madd, or plain C, all adding the same numbers in the same order). Norm weights, biases and scales are copied to
 float32 when a pass is built.
 
 The reference is `cache_engine/kv/llama_step.LlamaStep`, the torch step it replaces for passes
@@ -74,6 +80,10 @@ class _Projection(ctypes.Structure):
 
 # projection_t.format in the C file.
 _WEIGHT_FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+# WEIGHTS_INT8_Q8: int8 weights by activations quantized to int8 as the product starts.
+_INT8_Q8 = 3
+# ACTIVATION_BLOCK in the C file: activations quantized together share one scale.
+ACTIVATION_BLOCK = 32
 
 
 class _Layer(ctypes.Structure):
@@ -184,14 +194,25 @@ def compiled_library() -> ctypes.CDLL:
     library.pie_forward.restype = ctypes.c_int
     library.pie_forward_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64]
     library.pie_forward_scratch_floats.restype = ctypes.c_int64
+    library.pie_q8_path.argtypes = []
+    library.pie_q8_path.restype = ctypes.c_char_p
     return library
 
 
+def int8_activation_path() -> str:
+    """Which loop the compiled step's int8-by-int8 products take on this CPU: "avx512vnni",
+    "avx2" or "portable"."""
+    return compiled_library().pie_q8_path().decode()
+
+
 # A projection's (weight [out, in], bias [out] or None), or (int8 weight [out, in], bias or None,
-# scales [out]) for weight-only int8, whose row o stands for weight[o] · scales[o].
+# scales [out]) for weight-only int8, whose row o stands for weight[o] · scales[o], or the same
+# with ACTIVATION_BLOCK appended for int8 weights whose inputs are quantized to int8 by blocks of
+# that many values (cache_engine/model/quantization.py's Int8DynamicLinear).
 WeightProjection = (
     tuple[torch.Tensor, torch.Tensor | None]
     | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+    | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]
 )
 
 
@@ -254,6 +275,16 @@ def _projection(
     name: str, projection: WeightProjection, out: int, inputs: int, keep: list[torch.Tensor]
 ) -> _Projection:
     weight, bias, *scales = projection
+    format_code = _WEIGHT_FORMATS.get(weight.dtype)
+    if len(scales) == 2:
+        if scales[1] != ACTIVATION_BLOCK or inputs % ACTIVATION_BLOCK:
+            raise CompiledStepUnavailable(
+                f"{name} quantizes its {inputs} inputs by blocks of {scales[1]}; the compiled "
+                f"step quantizes by blocks of {ACTIVATION_BLOCK}, and only inputs that split "
+                "into whole blocks"
+            )
+        format_code = _INT8_Q8
+        scales = scales[:1]
     if scales:
         if weight.dtype != torch.int8 or weight.device.type != "cpu":
             raise CompiledStepUnavailable(
@@ -277,9 +308,7 @@ def _projection(
     else:
         raise CompiledStepUnavailable(f"{name} is stored neither [out, in] nor [in, out]")
     bias_pointer = _vector(f"{name} bias", bias, out, keep)
-    return _Projection(
-        weight.data_ptr(), bias_pointer, scales_pointer, transposed, _WEIGHT_FORMATS[weight.dtype]
-    )
+    return _Projection(weight.data_ptr(), bias_pointer, scales_pointer, transposed, format_code)
 
 
 class CompiledForward:

@@ -52,7 +52,7 @@ class LaunchOptions:
     model: str = "default"
     device: str = "cpu"
     dtype: str | None = None
-    quantize: Literal["int8"] | None = None
+    quantize: Literal["int8", "int8-dynamic"] | None = None
     strategy: str = "pie"
     allow_pickle: bool = False
     cuda_graphs: bool = False

@@ -45,7 +45,11 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from cache_engine.kv.rotary import rotary_spec
-from cache_engine.model.quantization import Int8WeightOnlyLinear
+from cache_engine.model.quantization import (
+    ACTIVATION_BLOCK,
+    Int8DynamicLinear,
+    Int8WeightOnlyLinear,
+)
 from kernels.blas_linear import blas_linear, blas_products_usable
 from kernels.llama_decode_cpu import (
     BoundPass,
@@ -137,9 +141,16 @@ def _label(model: PreTrainedModel) -> str:
 
 def _weight_projection(projection: Projection) -> WeightProjection:
     """The tensors of a projection as the compiled pass takes them."""
+    if isinstance(projection, Int8DynamicLinear):
+        return projection.weight, projection.bias, projection.scales, ACTIVATION_BLOCK
     if isinstance(projection, Int8WeightOnlyLinear):
         return projection.weight, projection.bias, projection.scales
     return projection
+
+
+def _projection_tensors(projection: Projection) -> list[torch.Tensor]:
+    """The tensors a projection's products read: weight, bias where there is one, scales."""
+    return [t for t in _weight_projection(projection) if isinstance(t, torch.Tensor)]
 
 
 def _linear_weights(module: torch.nn.Module, what: str, label: str) -> Projection:
@@ -274,7 +285,7 @@ class LlamaStep:
         tensors = [self.embed, self.final_norm]
         tensors += [n for w in self.layers for n in (w.input_norm, w.post_attention_norm)]
         for projection in self._projections():
-            tensors += [t for t in _weight_projection(projection) if t is not None]
+            tensors += _projection_tensors(projection)
         return tensors
 
     def _compiled_step(self) -> CompiledForward:
@@ -349,7 +360,7 @@ class LlamaStep:
             tensors += [w.input_norm, w.post_attention_norm, w.q_norm, w.k_norm]
         for projection in self._projections():
             # An int8 projection reads its int8 weight, its scales and its bias.
-            tensors += _weight_projection(projection)
+            tensors += _projection_tensors(projection)
         return sum(t.nbytes for t in tensors if t is not None)
 
     def _rotary_rows(

@@ -22,7 +22,7 @@ from cache_engine.kv.llama_step import LEAN_MODEL_TYPES, store_weights_transpose
 from cache_engine.kv.rotary import UnsupportedModelError, rotary_spec
 from cache_engine.model.cpu_threading import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 from cache_engine.model.huge_pages import store_weights_in_huge_pages
-from cache_engine.model.quantization import quantize_int8_weight_only
+from cache_engine.model.quantization import quantize_int8_dynamic, quantize_int8_weight_only
 from kernels.blas_linear import blas_products_usable
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ _CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Weight quantizations `load_model(quantize=...)` offers (cache_engine/model/quantization.py).
-Quantization = Literal["int8"]
-_QUANTIZATIONS: tuple[Quantization, ...] = ("int8",)
+Quantization = Literal["int8", "int8-dynamic"]
+_QUANTIZATIONS: tuple[Quantization, ...] = ("int8", "int8-dynamic")
 
 
 @dataclass
@@ -163,7 +163,9 @@ def load_model(
     model transposed, 1.5x on the 0.5B shape; bf16 products ran slower that way).
     `quantize="int8"` stores the linear layers' weights, lm_head included, as int8 with one
     scale per output channel (`quantize_int8_weight_only`); `dtype` is then the activations'
-    and the remaining weights' (embedding, norms) dtype.
+    and the remaining weights' (embedding, norms) dtype. `quantize="int8-dynamic"` also rounds
+    each product's inputs to int8 by blocks of 32 (`quantize_int8_dynamic`), which the compiled
+    CPU step multiplies in integers.
     `huge_pages` moves the weights of a model on CPU into transparent huge pages where Linux
     offers them (`store_weights_in_huge_pages`: a CPU decode step streams them about 6 % faster).
     """
@@ -225,6 +227,8 @@ def load_model(
     if quantize == "int8":
         # Before decode_layout, which then re-lays only the weights left in floating point.
         quantize_int8_weight_only(model)
+    elif quantize == "int8-dynamic":
+        quantize_int8_dynamic(model)
     if decode_layout is None:
         decode_layout = default_decode_layout(config.model_type, torch_device, torch_dtype)
     if decode_layout:

@@ -19,6 +19,14 @@ The lm_head is quantized too by default: it is the largest single matrix a decod
 suits it. A tied embedding is untied for that: the input embedding stays in floating point (a
 step reads one row of it), the lm_head gets its own int8 copy. The model is then for inference:
 saving it or re-tying its weights is not supported.
+
+`quantize_int8_dynamic` also quantizes the activations: each product's input rows are rounded to
+int8 by blocks of ACTIVATION_BLOCK values with one float scale each, as each product starts
+(llama.cpp's Q8_0 activation blocks), so that the compiled C pass (kernels/llama_decode_cpu.c)
+sums int8 products in integers instead of widening every weight to float32 first. That costs
+accuracy (what `benchmarks/bench_precision.py` measures as agreement with fp32 greedy output)
+and buys a step that reads int8 weights at memory speed. Layers whose in_features is not a
+multiple of the block keep float activations (`Int8WeightOnlyLinear`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,30 @@ from torch import nn
 KERNEL_DTYPE = torch.bfloat16
 # The CPU kernel reads in_features in blocks of this many values.
 KERNEL_BLOCK = 16
+# Activations quantized by `Int8DynamicLinear` share one scale per this many values
+# (ACTIVATION_BLOCK in kernels/llama_decode_cpu.c).
+ACTIVATION_BLOCK = 32
+
+
+def quantize_activation_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [..., n], scales float32 [..., n / ACTIVATION_BLOCK]) with x ≈ q · scale per
+    block: scale = max|x| / 127 over the block, q = x · (1 / scale) rounded to nearest, ties to
+    even (0 for an all-zero block). The C pass quantizes with the same operations, so both give
+    the same q."""
+    n = x.shape[-1]
+    if n % ACTIVATION_BLOCK:
+        raise ValueError(f"{n} values do not split into blocks of {ACTIVATION_BLOCK}")
+    blocks = x.float().reshape(*x.shape[:-1], n // ACTIVATION_BLOCK, ACTIVATION_BLOCK)
+    scales = blocks.abs().amax(dim=-1) / 127
+    inverse = torch.where(scales > 0, 1 / scales, torch.zeros_like(scales))
+    q = (blocks * inverse[..., None]).round().clamp(-127, 127).to(torch.int8)
+    return q.reshape(x.shape), scales
+
+
+def dequantize_activation_blocks(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """q · scale, float32, in q's shape."""
+    blocks = q.float().reshape(*q.shape[:-1], -1, ACTIVATION_BLOCK)
+    return (blocks * scales[..., None]).reshape(q.shape)
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -80,11 +112,44 @@ class Int8WeightOnlyLinear(nn.Module):
         )
 
 
+class Int8DynamicLinear(Int8WeightOnlyLinear):
+    """y = x̂ · (q · s)ᵀ + b, where x̂ is x rounded to int8 by blocks of ACTIVATION_BLOCK
+    (`quantize_activation_blocks`) as each product starts. This torch forward multiplies the
+    dequantized x̂ in float32: the reference for the C pass's integer sums, and what passes too
+    long for the C pass (prefill) run."""
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+        if weight.shape[1] % ACTIVATION_BLOCK:
+            raise ValueError(
+                f"in_features {weight.shape[1]} is not a multiple of the activation block "
+                f"{ACTIVATION_BLOCK}"
+            )
+        super().__init__(weight, scales, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rounded = dequantize_activation_blocks(*quantize_activation_blocks(x))
+        out = F.linear(rounded, self.weight.float()) * self.scales.float()
+        if self.bias is not None:
+            out = out + self.bias.float()
+        return out.to(x.dtype)
+
+
 @torch.no_grad()
 def quantize_int8_weight_only(model: nn.Module, *, include_lm_head: bool = True) -> int:
     """Replace every plain `nn.Linear` of `model` in place by an `Int8WeightOnlyLinear`;
     returns how many were replaced. `include_lm_head=False` keeps the output projection (and a
     tied embedding) as it is."""
+    return _replace_linears(model, include_lm_head, dynamic_activations=False)
+
+
+@torch.no_grad()
+def quantize_int8_dynamic(model: nn.Module, *, include_lm_head: bool = True) -> int:
+    """As `quantize_int8_weight_only`, with int8 activations too (`Int8DynamicLinear`) where
+    in_features is a multiple of ACTIVATION_BLOCK (float activations elsewhere)."""
+    return _replace_linears(model, include_lm_head, dynamic_activations=True)
+
+
+def _replace_linears(model: nn.Module, include_lm_head: bool, dynamic_activations: bool) -> int:
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     targets = [
         (name, module)
@@ -95,6 +160,11 @@ def quantize_int8_weight_only(model: nn.Module, *, include_lm_head: bool = True)
     for name, module in targets:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
+        kind = (
+            Int8DynamicLinear
+            if dynamic_activations and module.in_features % ACTIVATION_BLOCK == 0
+            else Int8WeightOnlyLinear
+        )
         # A tied lm_head's weight is the embedding's: from_float copies it, which unties them.
-        setattr(parent, child_name, Int8WeightOnlyLinear.from_float(module.weight, module.bias))
+        setattr(parent, child_name, kind.from_float(module.weight, module.bias))
     return len(targets)

@@ -19,7 +19,12 @@ from cache_engine.kv.llama_step import (
     store_weights_transposed,
 )
 from cache_engine.model.loading import load_model
-from cache_engine.model.quantization import Int8WeightOnlyLinear, quantize_int8_weight_only
+from cache_engine.model.quantization import (
+    Int8DynamicLinear,
+    Int8WeightOnlyLinear,
+    quantize_int8_dynamic,
+    quantize_int8_weight_only,
+)
 from kernels import llama_decode_cpu
 from kernels.llama_decode_cpu import CompiledStepUnavailable, compiled_library
 from tests.model_factory import tiny_model
@@ -416,3 +421,84 @@ def test_long_bfloat16_passes_run_in_compiled_chunks(model) -> None:
         torch.testing.assert_close(keys, ref_keys, atol=5e-5, rtol=0)
         last = chunked(ids, slot, keys, values)
         torch.testing.assert_close(last, expected[-1:], atol=5e-5, rtol=1e-5)
+
+
+# Sizes that are multiples of the 32-value activation block but not of the 64 that the int8
+# products read at once: every product ends in half a chunk.
+HALF_CHUNK_SHAPE = {
+    "hidden_size": 96,
+    "intermediate_size": 160,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 24,
+}
+
+
+@pytest.fixture(params=["llama", "qwen2-biases", "half-chunks"])
+def dynamic_model(request):
+    """A model quantized by quantize_int8_dynamic, every projection with int8 activations."""
+    if request.param == "half-chunks":
+        model = tiny_model("llama", tie_word_embeddings=False, **HALF_CHUNK_SHAPE)
+    else:
+        model = MODELS[request.param]()
+    quantize_int8_dynamic(model)
+    projections = [m for m in model.modules() if isinstance(m, Int8WeightOnlyLinear)]
+    assert projections and all(isinstance(m, Int8DynamicLinear) for m in projections)
+    return model.eval()
+
+
+def test_int8_activation_products_match_their_torch_reference(dynamic_model) -> None:
+    # The C pass quantizes each input row as Int8DynamicLinear does and sums the int8 products in
+    # integers; the torch forward multiplies the dequantized rows in float32. Same numbers, summed
+    # in another order: they agree to float32 rounding, for one row and for several.
+    compiled = LlamaStep(dynamic_model, compiled_step=True)
+    reference = LlamaStep(dynamic_model, compiled_step=False)
+    assert compiled.compiled_step_off is None
+    agree_over_passes(compiled, reference, slab(dynamic_model, 40, 6), slab_atol=1e-5)
+
+
+def test_int8_activation_passes_of_several_tokens_equal_them_one_at_a_time(dynamic_model) -> None:
+    # Each row is quantized and summed on its own, so a verify pass gives one-token steps' bits.
+    compiled = LlamaStep(dynamic_model, compiled_step=True)
+    keys, values = slab(dynamic_model, 60, 8)
+    one_keys, one_values = keys.clone(), values.clone()
+    ids = torch.tensor([3, 1, 4, 1, 5, 9, 2])
+    together = compiled(ids, 30, keys, values, all_logits=True)
+    apart = torch.cat([compiled(ids[i : i + 1], 30 + i, one_keys, one_values) for i in range(7)])
+    torch.testing.assert_close(together, apart, atol=0, rtol=0)
+    torch.testing.assert_close(keys, one_keys, atol=0, rtol=0)
+
+
+def test_int8_activations_differ_from_weight_only_int8_by_their_rounding() -> None:
+    # The same int8 weights with float activations: the logits move by about what rounding
+    # activations to 8 bits moves them, not more (a wrong block scale or lane would).
+    model = tiny_model("llama", tie_word_embeddings=False, **HALF_CHUNK_SHAPE)
+    weight_only = copy.deepcopy(model)
+    quantize_int8_weight_only(weight_only)
+    quantize_int8_dynamic(model)
+    keys, values = slab(model, 40, 9)
+    ids = torch.tensor([5, 6, 7])
+    dynamic = LlamaStep(model, compiled_step=True)(ids, 0, keys.clone(), values.clone())
+    plain = LlamaStep(weight_only, compiled_step=True)(ids, 0, keys.clone(), values.clone())
+    difference = (dynamic - plain).abs().max().item()
+    assert 0 < difference < 0.05 * plain.abs().max().item()
+
+
+def test_int8_activations_need_inputs_in_whole_blocks(model) -> None:
+    step = LlamaStep(model, compiled_step=False)
+    weight, bias = step.layers[0].q
+    int8 = torch.zeros(weight.shape, dtype=torch.int8)
+    scales = torch.ones(weight.shape[0])
+    with pytest.raises(CompiledStepUnavailable, match=r"layer 0 q_proj quantizes its \d+ inputs"):
+        llama_decode_cpu._projection(
+            "layer 0 q_proj", (int8, bias, scales, 16), weight.shape[0], weight.shape[1], []
+        )
+    if weight.shape[1] % 32:
+        with pytest.raises(CompiledStepUnavailable, match=r"only inputs that split"):
+            llama_decode_cpu._projection(
+                "layer 0 q_proj", (int8, bias, scales, 32), weight.shape[0], weight.shape[1], []
+            )
+
+
+def test_int8_activation_path_is_named() -> None:
+    assert llama_decode_cpu.int8_activation_path() in ("avx512vnni", "avx2", "portable")

@@ -19,7 +19,15 @@ from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.llama_step import LlamaStep
 from cache_engine.kv.token_edits import TokenEdit
 from cache_engine.model.loading import ModelLoadError, load_model
-from cache_engine.model.quantization import Int8WeightOnlyLinear, quantize_int8_weight_only
+from cache_engine.model.quantization import (
+    ACTIVATION_BLOCK,
+    Int8DynamicLinear,
+    Int8WeightOnlyLinear,
+    dequantize_activation_blocks,
+    quantize_activation_blocks,
+    quantize_int8_dynamic,
+    quantize_int8_weight_only,
+)
 from tests.model_factory import tiny_model
 
 # Per-channel int8 weights are within half a step (largest |w| / 254) of fp32, which puts one
@@ -118,18 +126,20 @@ def lower_precision(model_type: str, precision: str) -> tuple[nn.Module, nn.Modu
         model = model.to(torch.bfloat16)
     if precision in ("int8", "bf16+int8"):
         quantize_int8_weight_only(model)
+    if precision == "int8-dynamic":
+        quantize_int8_dynamic(model)
     return reference, model
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-@pytest.mark.parametrize("precision", ["int8", "bf16", "bf16+int8"])
+@pytest.mark.parametrize("precision", ["int8", "bf16", "bf16+int8", "int8-dynamic"])
 def test_lower_precision_decodes_through_the_lean_step_close_to_fp32(
     model_type: str, precision: str
 ) -> None:
     reference, model = lower_precision(model_type, precision)
     cache = EditableCache(model, forward="lean")
     # The K/V slab takes the model's dtype (its embedding's), so bf16 runs bf16 end to end.
-    expected_dtype = torch.float32 if precision == "int8" else torch.bfloat16
+    expected_dtype = torch.float32 if precision.startswith("int8") else torch.bfloat16
     assert cache.dtype == cache.layer_kv(0)[0].dtype == expected_dtype
     ids = prompt_ids()
     expected = logits_along(reference, ids)
@@ -175,10 +185,13 @@ def test_int8_weight_bytes_per_step_are_about_a_quarter() -> None:
     assert 0.25 < int8_bytes / fp32_bytes < 0.3
 
 
-def test_load_model_quantizes_the_default_model() -> None:
-    loaded = load_model("default", quantize="int8")
-    assert loaded.quantization == "int8"
-    assert isinstance(loaded.model.lm_head, Int8WeightOnlyLinear)
+@pytest.mark.parametrize(
+    ("quantize", "kind"), [("int8", Int8WeightOnlyLinear), ("int8-dynamic", Int8DynamicLinear)]
+)
+def test_load_model_quantizes_the_default_model(quantize, kind) -> None:
+    loaded = load_model("default", quantize=quantize)
+    assert loaded.quantization == quantize
+    assert type(loaded.model.lm_head) is kind
     cache = EditableCache(loaded.model)
     assert cache.forward_path == "lean"
     cache.reset(loaded.tokenizer("def add(a, b):\n    return")["input_ids"])
@@ -188,3 +201,49 @@ def test_load_model_quantizes_the_default_model() -> None:
 def test_an_unknown_quantization_is_named() -> None:
     with pytest.raises(ModelLoadError, match=r"unknown quantize 'int4'.*int8"):
         load_model("default", quantize="int4")  # type: ignore[arg-type]
+
+
+def test_activation_blocks_round_to_the_nearest_step_of_their_own_scale() -> None:
+    x = torch.randn(3, 4 * ACTIVATION_BLOCK, generator=torch.Generator().manual_seed(2)) * 5
+    x[1, :ACTIVATION_BLOCK] = 0  # an all-zero block: scale 0, every q 0
+    x[2, ACTIVATION_BLOCK] = 300.0  # one large value sets its block's scale alone
+    q, scales = quantize_activation_blocks(x)
+    assert q.dtype == torch.int8 and q.shape == x.shape and scales.shape == (3, 4)
+    assert scales[1, 0] == 0 and not q[1, :ACTIVATION_BLOCK].any()
+    assert int(q.abs().max()) == 127
+    error = (dequantize_activation_blocks(q, scales) - x).abs()
+    step = scales.repeat_interleave(ACTIVATION_BLOCK, dim=-1)
+    assert bool((error <= step / 2 + 1e-6).all())
+
+
+def test_activation_block_ties_round_to_even() -> None:
+    # max 127 gives a scale of 1, so these values sit exactly between two steps.
+    x = torch.tensor([127.0, 2.5, 3.5, -2.5, -0.5] + [0.0] * (ACTIVATION_BLOCK - 5))
+    q, scales = quantize_activation_blocks(x)
+    assert float(scales[0]) == 1.0
+    assert q[:5].tolist() == [127, 2, 4, -2, 0]
+
+
+def test_activation_blocks_need_whole_blocks() -> None:
+    with pytest.raises(ValueError, match=r"40 values do not split into blocks of 32"):
+        quantize_activation_blocks(torch.ones(40))
+
+
+@torch.no_grad()
+def test_dynamic_layers_multiply_their_rounded_inputs_and_keep_float_inputs_elsewhere() -> None:
+    model = tiny_model("llama", hidden_size=96, intermediate_size=100, head_dim=24)
+    reference = copy.deepcopy(model)
+    quantize_int8_dynamic(model)
+    layer = model.model.layers[0]
+    # in_features 96: rounded inputs; down_proj reads 100 values, not whole blocks.
+    assert type(layer.mlp.gate_proj) is Int8DynamicLinear
+    assert type(layer.mlp.down_proj) is Int8WeightOnlyLinear
+    x = torch.randn(5, 96, generator=torch.Generator().manual_seed(3))
+    gate = layer.mlp.gate_proj
+    expected = dequantize_activation_blocks(*quantize_activation_blocks(x)) @ (
+        gate.dequantized_weight().T
+    )
+    torch.testing.assert_close(gate(x), expected, atol=1e-5, rtol=1e-5)
+    # Still close to the float layer: weights and inputs each within half a step.
+    float_gate = reference.model.layers[0].mlp.gate_proj
+    assert rms_relative_error(gate(x), float_gate(x)) < 2 * LAYER_RMS_RELATIVE_ERROR
