@@ -274,7 +274,7 @@ static inline float scaled(const projection_t *p, int64_t o, float sum) {
 static inline float float_value(float v) { return v; }
 static inline float int8_value(int8_t v) { return (float)v; }
 
-/* For weights stored as `type`, widened to float32 by WIDEN as they are read:
+/* For float32 weights (the macro keeps the reading of a stored type apart):
  * - four_rows_partial_NAME: the four 16-lane partial sums of rows[j]·x for the four consecutive
  *   rows of n values at `rows` (lanes not yet added; the tail past the last whole LANES goes into
  *   lane 0): one pass over x feeds four FMA chains;
@@ -319,20 +319,68 @@ static inline float int8_value(int8_t v) { return (float)v; }
 
 WEIGHT_ROW_PRODUCTS(float32, float, float_value)
 
+/* row_partial_NAME(w, x, n, partial): one bfloat16 or int8 weight row's 16-lane partial sums of
+ * w·x (lanes not yet added), read front to back. Lane l sums elements l, l + 32, ... and, apart,
+ * l + 16, l + 48, ..., and the two are added at the end: two chains of adds, so the wait for one
+ * add does not hold up the next. The tail past the last whole LANES goes into lane 0. These
+ * rows are read one after another, not four side by side as float32's: four rows of 896 int8
+ * values read side by side kept one core at 11 GB/s, the same bytes read in order at 29 (a /tmp
+ * microbenchmark over the 0.5B shape's lm_head, AMD EPYC), whatever the arithmetic. */
+#define ROW_PARTIAL_PORTABLE(NAME, type, WIDEN)                                                 \
+    static inline void row_partial_##NAME(const type *w, const float *x, int64_t n,            \
+                                          float *restrict partial) {                           \
+        float even[LANES] = {0}, odd[LANES] = {0};                                             \
+        int64_t whole = n - n % LANES, i = 0;                                                  \
+        for (; i + 2 * LANES <= whole; i += 2 * LANES)                                         \
+            _Pragma("omp simd") for (int l = 0; l < LANES; l++) {                              \
+                even[l] += WIDEN(w[i + l]) * x[i + l];                                         \
+                odd[l] += WIDEN(w[i + LANES + l]) * x[i + LANES + l];                          \
+            }                                                                                  \
+        if (i < whole)                                                                         \
+            _Pragma("omp simd") for (int l = 0; l < LANES; l++) even[l] +=                     \
+                WIDEN(w[i + l]) * x[i + l];                                                    \
+        _Pragma("omp simd") for (int l = 0; l < LANES; l++) partial[l] = even[l] + odd[l];     \
+        for (int64_t t = whole; t < n; t++) partial[0] += WIDEN(w[t]) * x[t];                  \
+    }
+
 #if defined(__AVX2__) && defined(__FMA__)
-/* The same sums for bfloat16 and int8 rows in AVX2 intrinsics, each 16-lane sum in two 8-lane
- * registers: GCC 12 vectorized the loops above for them with the widening split over 128-bit
- * halves (int8 converted four lanes at a time). Lane l still sums elements l, l + 16, ..., so
- * the sums are the portable loops'. */
+/* The same sums in intrinsics: GCC 12 vectorized the loops above for bfloat16 and int8 with the
+ * widening split over 128-bit halves (int8 converted four lanes at a time). Sixteen lanes are
+ * one AVX-512 register or two AVX2 ones; lane l sums the same elements in the same order either
+ * way, so the sums are the portable loop's. */
 #include <immintrin.h>
 
-/* Each row's read asks for the line this far ahead. Widening costs these loops more time per
- * byte than float32's, and without it the wait for memory and the arithmetic added up rather
- * than overlapped: one core, 17M weights read from memory, 4 interleaved runs, 4 KB ahead took
- * bfloat16 from 5.8-6.6 to 4.3-4.7 ms and int8 from 3.9-4.4 to 1.6-2.6 ms (2 and 6 KB were
- * between; float32's loop gained nothing, as sessions before found). */
+/* Each weight row's read asks for the line this far ahead (measured when four rows were read
+ * side by side: one core, 17M weights from memory, bfloat16 5.8-6.6 -> 4.3-4.7 ms, int8
+ * 3.9-4.4 -> 1.6-2.6 ms; float32's loop gained nothing). */
 #define PREFETCH_BYTES 4096
 
+#if defined(__AVX512F__)
+static inline __m512 load16_bfloat16(const uint16_t *p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+static inline __m512 load16_int8(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+#define ROW_PARTIAL_VECTOR(NAME, type, WIDEN)                                                   \
+    static inline void row_partial_##NAME(const type *w, const float *x, int64_t n,            \
+                                          float *restrict partial) {                           \
+        __m512 even = _mm512_setzero_ps(), odd = even;                                         \
+        int64_t whole = n - n % LANES, i = 0;                                                  \
+        for (; i + 2 * LANES <= whole; i += 2 * LANES) {                                       \
+            _mm_prefetch((const char *)(w + i) + PREFETCH_BYTES, _MM_HINT_T0);                 \
+            even = _mm512_fmadd_ps(load16_##NAME(w + i), _mm512_loadu_ps(x + i), even);        \
+            odd = _mm512_fmadd_ps(load16_##NAME(w + i + LANES), _mm512_loadu_ps(x + i + LANES), \
+                                  odd);                                                        \
+        }                                                                                      \
+        if (i < whole) even = _mm512_fmadd_ps(load16_##NAME(w + i), _mm512_loadu_ps(x + i), even); \
+        _mm512_storeu_ps(partial, _mm512_add_ps(even, odd));                                   \
+        for (int64_t t = whole; t < n; t++) partial[0] += WIDEN(w[t]) * x[t];                  \
+    }
+#else
 static inline __m256 load8_bfloat16(const uint16_t *p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
@@ -342,48 +390,37 @@ static inline __m256 load8_int8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-#define VECTOR_ROW_PRODUCTS(NAME, type, WIDEN)                                                  \
-    static inline void four_rows_partial_##NAME(const type *rows, const float *x, int64_t n,   \
-                                                float *restrict partial) {                    \
-        const type *r[4] = {rows, rows + n, rows + 2 * n, rows + 3 * n};                       \
-        __m256 lo[4], hi[4];                                                                   \
-        for (int q = 0; q < 4; q++) lo[q] = hi[q] = _mm256_setzero_ps();                       \
-        int64_t whole = n - n % LANES;                                                         \
-        for (int64_t i = 0; i < whole; i += LANES) {                                           \
-            __m256 x_lo = _mm256_loadu_ps(x + i), x_hi = _mm256_loadu_ps(x + i + 8);           \
-            for (int q = 0; q < 4; q++) {                                                      \
-                _mm_prefetch((const char *)(r[q] + i) + PREFETCH_BYTES, _MM_HINT_T0);          \
-                lo[q] = _mm256_fmadd_ps(load8_##NAME(r[q] + i), x_lo, lo[q]);                  \
-                hi[q] = _mm256_fmadd_ps(load8_##NAME(r[q] + i + 8), x_hi, hi[q]);              \
-            }                                                                                  \
+/* Lanes 0-7 in lo, 8-15 in hi, for the even and the odd groups of sixteen. */
+#define ROW_PARTIAL_VECTOR(NAME, type, WIDEN)                                                   \
+    static inline void row_partial_##NAME(const type *w, const float *x, int64_t n,            \
+                                          float *restrict partial) {                           \
+        __m256 lo = _mm256_setzero_ps(), hi = lo, odd_lo = lo, odd_hi = lo;                    \
+        int64_t whole = n - n % LANES, i = 0;                                                  \
+        for (; i + 2 * LANES <= whole; i += 2 * LANES) {                                       \
+            _mm_prefetch((const char *)(w + i) + PREFETCH_BYTES, _MM_HINT_T0);                 \
+            lo = _mm256_fmadd_ps(load8_##NAME(w + i), _mm256_loadu_ps(x + i), lo);             \
+            hi = _mm256_fmadd_ps(load8_##NAME(w + i + 8), _mm256_loadu_ps(x + i + 8), hi);     \
+            odd_lo = _mm256_fmadd_ps(load8_##NAME(w + i + 16), _mm256_loadu_ps(x + i + 16),    \
+                                     odd_lo);                                                  \
+            odd_hi = _mm256_fmadd_ps(load8_##NAME(w + i + 24), _mm256_loadu_ps(x + i + 24),    \
+                                     odd_hi);                                                  \
         }                                                                                      \
-        for (int q = 0; q < 4; q++) {                                                          \
-            _mm256_storeu_ps(partial + q * LANES, lo[q]);                                      \
-            _mm256_storeu_ps(partial + q * LANES + 8, hi[q]);                                  \
-            for (int64_t i = whole; i < n; i++) partial[q * LANES] += WIDEN(r[q][i]) * x[i];   \
-        }                                                                                      \
-    }                                                                                          \
-    static inline float row_dot_##NAME(const type *w, const float *x, int64_t n) {            \
-        __m256 lo = _mm256_setzero_ps(), hi = lo;                                              \
-        int64_t whole = n - n % LANES;                                                         \
-        for (int64_t i = 0; i < whole; i += LANES) {                                           \
+        if (i < whole) {                                                                       \
             lo = _mm256_fmadd_ps(load8_##NAME(w + i), _mm256_loadu_ps(x + i), lo);             \
             hi = _mm256_fmadd_ps(load8_##NAME(w + i + 8), _mm256_loadu_ps(x + i + 8), hi);     \
         }                                                                                      \
-        float sum[LANES];                                                                      \
-        _mm256_storeu_ps(sum, lo);                                                             \
-        _mm256_storeu_ps(sum + 8, hi);                                                         \
-        float tail = 0.0f;                                                                     \
-        for (int64_t i = whole; i < n; i++) tail += WIDEN(w[i]) * x[i];                        \
-        return lanes_sum(sum) + tail;                                                          \
+        _mm256_storeu_ps(partial, _mm256_add_ps(lo, odd_lo));                                  \
+        _mm256_storeu_ps(partial + 8, _mm256_add_ps(hi, odd_hi));                              \
+        for (int64_t t = whole; t < n; t++) partial[0] += WIDEN(w[t]) * x[t];                  \
     }
+#endif
 
-_Static_assert(LANES == 16, "the AVX2 row products hold 16 lanes in two registers");
-VECTOR_ROW_PRODUCTS(bfloat16, uint16_t, bf16_to_float)
-VECTOR_ROW_PRODUCTS(int8, int8_t, int8_value)
+_Static_assert(LANES == 16, "the vector row products hold 16 lanes");
+ROW_PARTIAL_VECTOR(bfloat16, uint16_t, bf16_to_float)
+ROW_PARTIAL_VECTOR(int8, int8_t, int8_value)
 #else
-WEIGHT_ROW_PRODUCTS(bfloat16, uint16_t, bf16_to_float)
-WEIGHT_ROW_PRODUCTS(int8, int8_t, int8_value)
+ROW_PARTIAL_PORTABLE(bfloat16, uint16_t, bf16_to_float)
+ROW_PARTIAL_PORTABLE(int8, int8_t, int8_value)
 #endif
 
 /* ---- int8 weights by int8 activations (WEIGHTS_INT8_Q8) ------------------------------------ */
@@ -620,9 +657,34 @@ static void q8_rows_product(const projection_t *p, const q8_rows_t *q, float *y,
  * plain sum over the same bytes, and at the read's speed with the lanes added every 64 rows. */
 #define DEFERRED_ROWS 64
 
-/* y[r, o] (+)= W[o]·x[r] + b[o] for outputs o0..o1 of a row-major [out, in] W and `rows` inputs
- * x [rows, in], y [rows, out]: four weight rows at a time, which then serve every input from L1
- * or L2, so the weights are read from memory once however many rows there are. */
+/* As rows_product for bfloat16 and int8 weights: each weight row read once, in order, for every
+ * input row (from L1 after the first), its lanes added DEFERRED_ROWS weight rows later. */
+static void narrow_rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
+                                int64_t in, int64_t out, int64_t o0, int64_t o1,
+                                int accumulate) {
+    float partial[MAX_ROWS > DEFERRED_ROWS ? MAX_ROWS : DEFERRED_ROWS][LANES];
+    int64_t chunk = DEFERRED_ROWS / rows;
+    if (chunk < 1) chunk = 1;
+    for (int64_t o = o0; o < o1; o += chunk) {
+        int64_t end = o + chunk < o1 ? o + chunk : o1;
+        for (int64_t j = o; j < end; j++)
+            for (int64_t r = 0; r < rows; r++) {
+                float *into = partial[(j - o) * rows + r];
+                if (p->format == WEIGHTS_BFLOAT16)
+                    row_partial_bfloat16((const uint16_t *)p->weight + j * in, x + r * in, in, into);
+                else
+                    row_partial_int8((const int8_t *)p->weight + j * in, x + r * in, in, into);
+            }
+        for (int64_t j = o; j < end; j++)
+            for (int64_t r = 0; r < rows; r++)
+                store(y + r * out, j, scaled(p, j, lanes_sum(partial[(j - o) * rows + r])),
+                      p->bias, accumulate);
+    }
+}
+
+/* y[r, o] (+)= W[o]·x[r] + b[o] for outputs o0..o1 of a row-major float32 [out, in] W and `rows`
+ * inputs x [rows, in], y [rows, out]: four weight rows at a time, which then serve every input
+ * from L1 or L2, so the weights are read from memory once however many rows there are. */
 static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
                          int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
     float partial[MAX_ROWS * 4 > DEFERRED_ROWS ? MAX_ROWS * 4 : DEFERRED_ROWS][LANES];
@@ -635,13 +697,7 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
         for (int64_t j = o; j < end; j += 4)
             for (int64_t r = 0; r < rows; r++) {
                 float *into = partial[((j - o) * rows) + 4 * r];
-                const float *xr = x + r * in;
-                if (p->format == WEIGHTS_BFLOAT16)
-                    four_rows_partial_bfloat16((const uint16_t *)p->weight + j * in, xr, in, into);
-                else if (p->format == WEIGHTS_INT8)
-                    four_rows_partial_int8((const int8_t *)p->weight + j * in, xr, in, into);
-                else
-                    four_rows_partial_float32((const float *)p->weight + j * in, xr, in, into);
+                four_rows_partial_float32((const float *)p->weight + j * in, x + r * in, in, into);
             }
         for (int64_t j = o; j < end; j += 4)
             for (int64_t r = 0; r < rows; r++)
@@ -656,15 +712,8 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
     }
     for (; o < o1; o++)
         for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * in;
-            float value;
-            if (p->format == WEIGHTS_BFLOAT16)
-                value = row_dot_bfloat16((const uint16_t *)p->weight + o * in, xr, in);
-            else if (p->format == WEIGHTS_INT8)
-                value = row_dot_int8((const int8_t *)p->weight + o * in, xr, in);
-            else
-                value = row_dot_float32((const float *)p->weight + o * in, xr, in);
-            store(y + r * out, o, scaled(p, o, value), p->bias, accumulate);
+            float value = row_dot_float32((const float *)p->weight + o * in, x + r * in, in);
+            store(y + r * out, o, value, p->bias, accumulate);
         }
 }
 
@@ -719,6 +768,8 @@ static void product_range(const projection_t *p, const float *x, const q8_rows_t
     if (o0 >= o1) return;
     if (p->format == WEIGHTS_INT8_Q8)
         q8_rows_product(p, q8, y, rows, in, out, o0, o1, accumulate);
+    else if (p->format != WEIGHTS_FLOAT32)
+        narrow_rows_product(p, x, y, rows, in, out, o0, o1, accumulate);
     else if (p->transposed)
         columns_product(p, x, y, rows, in, out, o0, o1, accumulate);
     else
