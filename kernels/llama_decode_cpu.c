@@ -8,8 +8,9 @@
  * Portable C: the inner loops are `omp simd` reductions (compiled with -fopenmp-simd, which
  * vectorizes them without -ffast-math and without an OpenMP runtime), so the same file builds
  * for AVX2, AVX-512 or NEON under -march=native. The bfloat16 and int8 weight rows, whose
- * widening GCC vectorizes poorly, and attention's short dots also have AVX2 intrinsics, used
- * where the target has AVX2 and FMA. Threads are this file's own pool: the calling thread plus
+ * widening GCC vectorizes poorly, have AVX-512 and AVX2 intrinsics, int8-by-int8 products
+ * AVX-512 VNNI and AVX2 ones, and attention's short dots AVX2 ones, each used where the target
+ * has them. Threads are this file's own pool: the calling thread plus
  * helpers that spin between the parallel parts of a step and sleep when idle.
  */
 #include <math.h>
@@ -274,58 +275,14 @@ static inline float scaled(const projection_t *p, int64_t o, float sum) {
 static inline float float_value(float v) { return v; }
 static inline float int8_value(int8_t v) { return (float)v; }
 
-/* For float32 weights (the macro keeps the reading of a stored type apart):
- * - four_rows_partial_NAME: the four 16-lane partial sums of rows[j]·x for the four consecutive
- *   rows of n values at `rows` (lanes not yet added; the tail past the last whole LANES goes into
- *   lane 0): one pass over x feeds four FMA chains;
- * - row_dot_NAME: one row's w·x. */
-#define WEIGHT_ROW_PRODUCTS(NAME, type, WIDEN)                                                  \
-    static inline void four_rows_partial_##NAME(const type *rows, const float *x, int64_t n,   \
-                                                float *restrict partial) {                    \
-        const type *r0 = rows, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;                       \
-        float s0[LANES] = {0}, s1[LANES] = {0}, s2[LANES] = {0}, s3[LANES] = {0};              \
-        int64_t whole = n - n % LANES;                                                         \
-        for (int64_t i = 0; i < whole; i += LANES)                                             \
-            _Pragma("omp simd") for (int l = 0; l < LANES; l++) {                              \
-                float xi = x[i + l];                                                           \
-                s0[l] += WIDEN(r0[i + l]) * xi;                                                \
-                s1[l] += WIDEN(r1[i + l]) * xi;                                                \
-                s2[l] += WIDEN(r2[i + l]) * xi;                                                \
-                s3[l] += WIDEN(r3[i + l]) * xi;                                                \
-            }                                                                                  \
-        for (int64_t i = whole; i < n; i++) {                                                  \
-            s0[0] += WIDEN(r0[i]) * x[i];                                                      \
-            s1[0] += WIDEN(r1[i]) * x[i];                                                      \
-            s2[0] += WIDEN(r2[i]) * x[i];                                                      \
-            s3[0] += WIDEN(r3[i]) * x[i];                                                      \
-        }                                                                                      \
-        _Pragma("omp simd") for (int l = 0; l < LANES; l++) {                                  \
-            partial[l] = s0[l];                                                                \
-            partial[LANES + l] = s1[l];                                                        \
-            partial[2 * LANES + l] = s2[l];                                                    \
-            partial[3 * LANES + l] = s3[l];                                                    \
-        }                                                                                      \
-    }                                                                                          \
-    static inline float row_dot_##NAME(const type *w, const float *x, int64_t n) {            \
-        float sum[LANES] = {0};                                                                \
-        int64_t whole = n - n % LANES;                                                         \
-        for (int64_t i = 0; i < whole; i += LANES)                                             \
-            _Pragma("omp simd") for (int l = 0; l < LANES; l++)                                \
-                sum[l] += WIDEN(w[i + l]) * x[i + l];                                          \
-        float tail = 0.0f;                                                                     \
-        for (int64_t i = whole; i < n; i++) tail += WIDEN(w[i]) * x[i];                        \
-        return lanes_sum(sum) + tail;                                                          \
-    }
-
-WEIGHT_ROW_PRODUCTS(float32, float, float_value)
-
-/* row_partial_NAME(w, x, n, partial): one bfloat16 or int8 weight row's 16-lane partial sums of
- * w·x (lanes not yet added), read front to back. Lane l sums elements l, l + 32, ... and, apart,
+/* row_partial_NAME(w, x, n, partial): one weight row's 16-lane partial sums of w·x (lanes not
+ * yet added), read front to back, values widened to float32 by WIDEN as they are read. Lane l sums elements l, l + 32, ... and, apart,
  * l + 16, l + 48, ..., and the two are added at the end: two chains of adds, so the wait for one
- * add does not hold up the next. The tail past the last whole LANES goes into lane 0. These
- * rows are read one after another, not four side by side as float32's: four rows of 896 int8
- * values read side by side kept one core at 11 GB/s, the same bytes read in order at 29 (a /tmp
- * microbenchmark over the 0.5B shape's lm_head, AMD EPYC), whatever the arithmetic. */
+ * add does not hold up the next. The tail past the last whole LANES goes into lane 0. Rows are
+ * read one after another, not four side by side as before: four rows of 896 int8 values read
+ * side by side kept one core at 11 GB/s, the same bytes read in order at 29 (a /tmp
+ * microbenchmark over the 0.5B shape's lm_head, AMD EPYC), whatever the arithmetic; float32
+ * rows of 896 went from 16 to 25 GB/s on one core. */
 #define ROW_PARTIAL_PORTABLE(NAME, type, WIDEN)                                                 \
     static inline void row_partial_##NAME(const type *w, const float *x, int64_t n,            \
                                           float *restrict partial) {                           \
@@ -422,6 +379,7 @@ ROW_PARTIAL_VECTOR(int8, int8_t, int8_value)
 ROW_PARTIAL_PORTABLE(bfloat16, uint16_t, bf16_to_float)
 ROW_PARTIAL_PORTABLE(int8, int8_t, int8_value)
 #endif
+ROW_PARTIAL_PORTABLE(float32, float, float_value)
 
 /* ---- int8 weights by int8 activations (WEIGHTS_INT8_Q8) ------------------------------------ */
 
@@ -652,14 +610,17 @@ static void q8_rows_product(const projection_t *p, const q8_rows_t *q, float *y,
 }
 
 /* Weight rows whose partial sums wait before their lanes are added. Adding a row's lanes as soon
- * as its products were done put a chain of shuffles and adds between the loads of every four
- * rows: one-token products over the 0.5B shape's matrices read them about 10 % slower than a
- * plain sum over the same bytes, and at the read's speed with the lanes added every 64 rows. */
+ * as its products were done put a chain of shuffles and adds between the loads of the rows
+ * (measured when float32 rows were read four side by side: one-token products over the 0.5B
+ * shape's matrices read them about 10 % slower than a plain sum over the same bytes, and at the
+ * read's speed with the lanes added every 64 rows). */
 #define DEFERRED_ROWS 64
 
-/* As rows_product for bfloat16 and int8 weights: each weight row read once, in order, for every
- * input row (from L1 after the first), its lanes added DEFERRED_ROWS weight rows later. */
-static void narrow_rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
+/* y[r, o] (+)= W[o]·x[r] + b[o] for outputs o0..o1 of a row-major [out, in] W (float32,
+ * bfloat16 or int8) and `rows` inputs x [rows, in], y [rows, out]: each weight row read once, in
+ * order, for every input row (from L1 after the first), so the weights are read from memory once
+ * however many rows there are; its lanes are added DEFERRED_ROWS weight rows later. */
+static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
                                 int64_t in, int64_t out, int64_t o0, int64_t o1,
                                 int accumulate) {
     float partial[MAX_ROWS > DEFERRED_ROWS ? MAX_ROWS : DEFERRED_ROWS][LANES];
@@ -672,49 +633,16 @@ static void narrow_rows_product(const projection_t *p, const float *x, float *y,
                 float *into = partial[(j - o) * rows + r];
                 if (p->format == WEIGHTS_BFLOAT16)
                     row_partial_bfloat16((const uint16_t *)p->weight + j * in, x + r * in, in, into);
-                else
+                else if (p->format == WEIGHTS_INT8)
                     row_partial_int8((const int8_t *)p->weight + j * in, x + r * in, in, into);
+                else
+                    row_partial_float32((const float *)p->weight + j * in, x + r * in, in, into);
             }
         for (int64_t j = o; j < end; j++)
             for (int64_t r = 0; r < rows; r++)
                 store(y + r * out, j, scaled(p, j, lanes_sum(partial[(j - o) * rows + r])),
                       p->bias, accumulate);
     }
-}
-
-/* y[r, o] (+)= W[o]·x[r] + b[o] for outputs o0..o1 of a row-major float32 [out, in] W and `rows`
- * inputs x [rows, in], y [rows, out]: four weight rows at a time, which then serve every input
- * from L1 or L2, so the weights are read from memory once however many rows there are. */
-static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
-                         int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
-    float partial[MAX_ROWS * 4 > DEFERRED_ROWS ? MAX_ROWS * 4 : DEFERRED_ROWS][LANES];
-    /* Weight rows per chunk: a multiple of four whose partial sums for all inputs fit. */
-    int64_t chunk = DEFERRED_ROWS / rows / 4 * 4;
-    if (chunk < 4) chunk = 4;
-    int64_t o = o0;
-    for (; o + 4 <= o1; o += chunk) {
-        int64_t end = o + chunk < o1 ? o + chunk : o1 - (o1 - o) % 4;
-        for (int64_t j = o; j < end; j += 4)
-            for (int64_t r = 0; r < rows; r++) {
-                float *into = partial[((j - o) * rows) + 4 * r];
-                four_rows_partial_float32((const float *)p->weight + j * in, x + r * in, in, into);
-            }
-        for (int64_t j = o; j < end; j += 4)
-            for (int64_t r = 0; r < rows; r++)
-                for (int q = 0; q < 4; q++)
-                    store(y + r * out, j + q,
-                          scaled(p, j + q, lanes_sum(partial[((j - o) * rows) + 4 * r + q])),
-                          p->bias, accumulate);
-        if (end < o + chunk) {
-            o = end;
-            break;
-        }
-    }
-    for (; o < o1; o++)
-        for (int64_t r = 0; r < rows; r++) {
-            float value = row_dot_float32((const float *)p->weight + o * in, x + r * in, in);
-            store(y + r * out, o, value, p->bias, accumulate);
-        }
 }
 
 /* sum[r][c] = Σ_i x[r, i]·w[i, c] over one block of `width` output columns of a transposed
@@ -768,8 +696,8 @@ static void product_range(const projection_t *p, const float *x, const q8_rows_t
     if (o0 >= o1) return;
     if (p->format == WEIGHTS_INT8_Q8)
         q8_rows_product(p, q8, y, rows, in, out, o0, o1, accumulate);
-    else if (p->format != WEIGHTS_FLOAT32)
-        narrow_rows_product(p, x, y, rows, in, out, o0, o1, accumulate);
+    else if (!p->transposed)
+        rows_product(p, x, y, rows, in, out, o0, o1, accumulate);
     else if (p->transposed)
         columns_product(p, x, y, rows, in, out, o0, o1, accumulate);
     else
