@@ -129,7 +129,7 @@ def test_passes_of_several_tokens_match_the_torch_step(model, all_logits: bool) 
     )
 
 
-def test_a_pass_of_several_tokens_equals_them_one_at_a_time(model) -> None:
+def assert_a_pass_equals_one_token_steps(model) -> None:
     compiled = LlamaStep(model, compiled_step=True)
     keys, values = slab(model, 60, 8)
     one_keys, one_values = keys.clone(), values.clone()
@@ -142,6 +142,10 @@ def test_a_pass_of_several_tokens_equals_them_one_at_a_time(model) -> None:
     torch.testing.assert_close(together, apart, atol=0, rtol=0)
     torch.testing.assert_close(keys, one_keys, atol=0, rtol=0)
     torch.testing.assert_close(values, one_values, atol=0, rtol=0)
+
+
+def test_a_pass_of_several_tokens_equals_them_one_at_a_time(model) -> None:
+    assert_a_pass_equals_one_token_steps(model)
 
 
 def test_matches_with_weights_stored_transposed(model) -> None:
@@ -459,14 +463,7 @@ def test_int8_activation_products_match_their_torch_reference(dynamic_model) -> 
 
 def test_int8_activation_passes_of_several_tokens_equal_them_one_at_a_time(dynamic_model) -> None:
     # Each row is quantized and summed on its own, so a verify pass gives one-token steps' bits.
-    compiled = LlamaStep(dynamic_model, compiled_step=True)
-    keys, values = slab(dynamic_model, 60, 8)
-    one_keys, one_values = keys.clone(), values.clone()
-    ids = torch.tensor([3, 1, 4, 1, 5, 9, 2])
-    together = compiled(ids, 30, keys, values, all_logits=True)
-    apart = torch.cat([compiled(ids[i : i + 1], 30 + i, one_keys, one_values) for i in range(7)])
-    torch.testing.assert_close(together, apart, atol=0, rtol=0)
-    torch.testing.assert_close(keys, one_keys, atol=0, rtol=0)
+    assert_a_pass_equals_one_token_steps(dynamic_model)
 
 
 def test_int8_activations_differ_from_weight_only_int8_by_their_rounding() -> None:
