@@ -323,6 +323,9 @@ async def test_client_that_stops_reading_before_the_shutdown_answer_leaves_a_qui
         await server.wait_for(lambda m: m.get("id") == 2)
         assert server.process.stdin is not None
         server.process._transport.get_pipe_transport(1).close()  # the client stops reading
+        # The transport closes its end of the pipe in a callback on the next turn of the loop:
+        # let it run, or under load the server could answer into the still-open pipe.
+        await asyncio.sleep(0)
         server.send({"id": 3, "method": "shutdown"})
         server.send({"method": "exit"})
         server.process.stdin.close()
