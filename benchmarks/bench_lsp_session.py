@@ -57,7 +57,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # The server's options for each precision of the model's weights.
-PRECISIONS = {"fp32": [], "bf16": ["--dtype", "bfloat16"], "int8": ["--quantize", "int8"]}
+PRECISIONS = {
+    "fp32": [],
+    "bf16": ["--dtype", "bfloat16"],
+    "int8": ["--quantize", "int8"],
+    "int8-dynamic": ["--quantize", "int8-dynamic"],
+}
 
 
 async def start(strategy: str, max_new_tokens: int, precision: str = "fp32") -> LanguageClient:
