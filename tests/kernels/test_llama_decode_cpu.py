@@ -446,8 +446,11 @@ def dynamic_model(request):
     else:
         model = MODELS[request.param]()
     quantize_int8_dynamic(model)
-    projections = [m for m in model.modules() if isinstance(m, Int8WeightOnlyLinear)]
+    projections = [
+        m for m in model.model.modules() if isinstance(m, Int8WeightOnlyLinear)
+    ]  # the decoder's; the lm_head keeps float inputs
     assert projections and all(isinstance(m, Int8DynamicLinear) for m in projections)
+    assert type(model.lm_head) is Int8WeightOnlyLinear
     return model.eval()
 
 
@@ -455,8 +458,14 @@ def test_int8_activation_products_match_their_torch_reference(dynamic_model) -> 
     # The C pass quantizes each input row as Int8DynamicLinear does and sums the int8 products in
     # integers; the torch forward multiplies the dequantized rows in float32. Same numbers, summed
     # in another order: they agree to float32 rounding, for one row and for several.
+    # The lm_head keeps float inputs, which torch's int8 kernel would round to bfloat16: the
+    # reference holds its weights as the float32 values they stand for.
+    wide = copy.deepcopy(dynamic_model)
+    head = wide.lm_head
+    wide.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+    wide.lm_head.weight = torch.nn.Parameter(head.dequantized_weight())
     compiled = LlamaStep(dynamic_model, compiled_step=True)
-    reference = LlamaStep(dynamic_model, compiled_step=False)
+    reference = LlamaStep(wide, compiled_step=False)
     assert compiled.compiled_step_off is None
     agree_over_passes(compiled, reference, slab(dynamic_model, 40, 6), slab_atol=1e-5)
 
