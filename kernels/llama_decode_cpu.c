@@ -276,13 +276,13 @@ static inline float float_value(float v) { return v; }
 static inline float int8_value(int8_t v) { return (float)v; }
 
 /* row_partial_NAME(w, x, n, partial): one weight row's 16-lane partial sums of w·x (lanes not
- * yet added), read front to back, values widened to float32 by WIDEN as they are read. Lane l sums elements l, l + 32, ... and, apart,
- * l + 16, l + 48, ..., and the two are added at the end: two chains of adds, so the wait for one
- * add does not hold up the next. The tail past the last whole LANES goes into lane 0. Rows are
- * read one after another, not four side by side as before: four rows of 896 int8 values read
- * side by side kept one core at 11 GB/s, the same bytes read in order at 29 (a /tmp
- * microbenchmark over the 0.5B shape's lm_head, AMD EPYC), whatever the arithmetic; float32
- * rows of 896 went from 16 to 25 GB/s on one core. */
+ * yet added), read front to back, values widened to float32 by WIDEN as they are read. Lane l
+ * sums elements l, l + 32, ... and, apart, l + 16, l + 48, ..., and the two are added at the end:
+ * two chains of adds, so the wait for one add does not hold up the next. The tail past the last
+ * whole LANES goes into lane 0. Rows are read one after another, not four side by side as
+ * before: four rows of 896 int8 values read side by side kept one core at 11 GB/s, the same
+ * bytes read in order at 29 (a /tmp microbenchmark over the 0.5B shape's lm_head, AMD EPYC),
+ * whatever the arithmetic; float32 rows of 896 went from 16 to 25 GB/s on one core. */
 #define ROW_PARTIAL_PORTABLE(NAME, type, WIDEN)                                                 \
     static inline void row_partial_##NAME(const type *w, const float *x, int64_t n,            \
                                           float *restrict partial) {                           \
@@ -333,7 +333,8 @@ static inline __m512 load16_int8(const int8_t *p) {
             odd = _mm512_fmadd_ps(load16_##NAME(w + i + LANES), _mm512_loadu_ps(x + i + LANES), \
                                   odd);                                                        \
         }                                                                                      \
-        if (i < whole) even = _mm512_fmadd_ps(load16_##NAME(w + i), _mm512_loadu_ps(x + i), even); \
+        if (i < whole)                                                                         \
+            even = _mm512_fmadd_ps(load16_##NAME(w + i), _mm512_loadu_ps(x + i), even);       \
         _mm512_storeu_ps(partial, _mm512_add_ps(even, odd));                                   \
         for (int64_t t = whole; t < n; t++) partial[0] += WIDEN(w[t]) * x[t];                  \
     }
@@ -469,15 +470,13 @@ static void quantize_rows(const float *x, int64_t rows, int64_t in, q8_rows_t *q
  * `count` (1 to 4) quantized input rows r0..: sixteen float lanes for the even chunks and sixteen
  * for the odd ones per input row (two chains of adds, not one), lane j of chunk c adding
  * lane_scale[c][j] · Σ_{t<4} q[64c + 4j + t]·w[64c + 4j + t], the inner sum in integers, exact;
- * then the even and odd lanes are added pairwise. That is what AVX-512 VNNI's vpdpbusd and AVX2's maddubs-then-madd give per
- * 32-bit lane, so every path adds the same numbers in the same order; lanes_sum adds the lanes.
- * The weight row is read once, front to back, for all the input rows: reading four rows of 896
- * bytes side by side, as the float32 loops do, kept one core at 11 GB/s against 29 for the same
- * bytes read in order (a /tmp microbenchmark over the 0.5B shape's lm_head, AMD EPYC). */
+ * then the even and odd lanes are added pairwise. The inner sums are what AVX-512 VNNI's vpdpbusd
+ * and AVX2's maddubs-then-madd give per 32-bit lane, so every path adds the same numbers in the
+ * same order. The weight row is read once, front to back, for all the input rows, as
+ * row_partial_NAME reads its rows. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define Q8_PATH "avx512vnni"
-#define Q8_PREFETCH_BYTES 8192
 
 static inline __attribute__((always_inline)) __m512i q8_weights(const int8_t *w, int64_t c,
                                                                 int64_t n) {
@@ -508,7 +507,6 @@ static inline __attribute__((always_inline)) void q8_dots(const int8_t *w, const
     for (int k = 0; k < count; k++) even[k] = odd[k] = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 2 <= q->chunks; c += 2) {
-        /*PF*/
         __m512i w0 = q8_weights(w, c, n), w1 = q8_weights(w, c + 1, n);
         for (int k = 0; k < count; k++) {
             even[k] = q8_chunk(w0, q, r0 + k, c, even[k]);
@@ -599,6 +597,8 @@ static void q8_rows_product(const projection_t *p, const q8_rows_t *q, float *y,
         for (int64_t r0 = 0; r0 < rows; r0 += 4) {
             int count = rows - r0 < 4 ? (int)(rows - r0) : 4;
             float sums[4];
+            /* A constant count of one lets the inlined loop keep a decode step's two sums in
+             * registers. */
             if (count == 1)
                 q8_dots(w, q, r0, 1, in, sums);
             else
@@ -621,8 +621,7 @@ static void q8_rows_product(const projection_t *p, const q8_rows_t *q, float *y,
  * order, for every input row (from L1 after the first), so the weights are read from memory once
  * however many rows there are; its lanes are added DEFERRED_ROWS weight rows later. */
 static void rows_product(const projection_t *p, const float *x, float *y, int64_t rows,
-                                int64_t in, int64_t out, int64_t o0, int64_t o1,
-                                int accumulate) {
+                         int64_t in, int64_t out, int64_t o0, int64_t o1, int accumulate) {
     float partial[MAX_ROWS > DEFERRED_ROWS ? MAX_ROWS : DEFERRED_ROWS][LANES];
     int64_t chunk = DEFERRED_ROWS / rows;
     if (chunk < 1) chunk = 1;
@@ -632,7 +631,8 @@ static void rows_product(const projection_t *p, const float *x, float *y, int64_
             for (int64_t r = 0; r < rows; r++) {
                 float *into = partial[(j - o) * rows + r];
                 if (p->format == WEIGHTS_BFLOAT16)
-                    row_partial_bfloat16((const uint16_t *)p->weight + j * in, x + r * in, in, into);
+                    row_partial_bfloat16((const uint16_t *)p->weight + j * in, x + r * in, in,
+                                         into);
                 else if (p->format == WEIGHTS_INT8)
                     row_partial_int8((const int8_t *)p->weight + j * in, x + r * in, in, into);
                 else
@@ -696,8 +696,6 @@ static void product_range(const projection_t *p, const float *x, const q8_rows_t
     if (o0 >= o1) return;
     if (p->format == WEIGHTS_INT8_Q8)
         q8_rows_product(p, q8, y, rows, in, out, o0, o1, accumulate);
-    else if (!p->transposed)
-        rows_product(p, x, y, rows, in, out, o0, o1, accumulate);
     else if (p->transposed)
         columns_product(p, x, y, rows, in, out, o0, o1, accumulate);
     else
@@ -1003,12 +1001,13 @@ static void rotate(float *x, const float *cos, const float *signed_sin, int64_t 
 
 /* ---- the step ------------------------------------------------------------------------------ */
 
-/* Scratch floats a pass of `rows` tokens needs for a slab of `capacity` slots. */
+/* The longest input row a product of the model reads. */
 static int64_t widest_input(const model_t *m) {
     int64_t widest = m->hidden > m->intermediate ? m->hidden : m->intermediate;
     return widest > m->heads * m->head_dim ? widest : m->heads * m->head_dim;
 }
 
+/* Scratch floats a pass of `rows` tokens needs for a slab of `capacity` slots. */
 int64_t pie_forward_scratch_floats(const model_t *m, int64_t rows) {
     int64_t qkv = (m->heads + 2 * m->kv_heads) * m->head_dim;
     return rows * (2 * m->hidden + qkv + m->heads * m->head_dim + 2 * m->intermediate +
