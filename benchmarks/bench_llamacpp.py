@@ -87,6 +87,7 @@ from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, document_ids, shaped_m
 from benchmarks.machine import load_average, machine_record, streaming_read_bandwidth
 from cache_engine.completion.prompt_layout import FimMarkers, assemble
 from cache_engine.completion.settings import CompletionSettings
+from cache_engine.completion.stale_refresh import refresh_after_edits, refresh_before_decoding
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit, apply_to_ids
 from cache_engine.model.loading import load_model
@@ -493,18 +494,13 @@ class TokenCounter:
 
 
 def pie_lsp_sync(cache: EditableCache, edit: TokenEdit, settings: CompletionSettings) -> np.ndarray:
-    """The cache calls `CompletionEngine.complete` makes before decoding (`_apply`,
-    `_refresh_after`, `_within_stale_budget`), at the token level; returns the next-token logits
-    that `generate` then starts from."""
+    """The cache calls `CompletionEngine.complete` makes before decoding (`_apply`, then the
+    refreshes of `stale_refresh`), at the token level; returns the next-token logits that
+    `generate` then starts from."""
     cache.apply_edits([edit], strategy=settings.strategy)
     if settings.strategy == "pie" and settings.refresh_after_edit:
-        start = edit.start + len(edit.new_ids)
-        cache.refresh(start, min(len(cache), start + settings.refresh_after_edit))
-    budget = settings.stale_budget
-    # The last token is re-fed before decoding anyway, so it never counts against the budget.
-    if budget >= 0 and cache.stale_tokens > max(budget, 1):
-        start = cache.exact_tokens
-        cache.refresh(start, min(len(cache), start + settings.max_refresh_tokens))
+        refresh_after_edits(cache, [edit], settings.refresh_after_edit)
+    refresh_before_decoding(cache, settings)
     return cache.next_token_logits().numpy().copy()
 
 
@@ -877,6 +873,7 @@ def build_cases(
     )
 
     no_refresh = replace(settings, stale_budget=-1)
+    untimed_refresh = replace(settings, max_refresh_ms=0)
     facts["llama_server_plans"] = {}
     for scenario, edit in workload.prompt_edits().items():
         new_prompt = apply_to_ids(prompt, [edit])
@@ -922,7 +919,8 @@ def build_cases(
             builder.pie_lsp(
                 section,
                 scenario,
-                "pie-lsp defaults (stale budget 0, ≤ 512 refreshed)",
+                f"pie-lsp defaults (stale budget 0, ≤ 512 refreshed within "
+                f"{settings.max_refresh_ms} ms)",
                 pie_prompt,
                 "pie",
                 pie_lsp(settings),
@@ -937,6 +935,17 @@ def build_cases(
                 pie_prompt,
                 "pie",
                 pie_lsp(no_refresh),
+                generate=True,
+            )
+        )
+        group.append(
+            builder.pie_lsp(
+                section,
+                scenario,
+                "pie-lsp, ≤ 512 refreshed without a time limit (maxRefreshMs 0)",
+                pie_prompt,
+                "pie",
+                pie_lsp(untimed_refresh),
                 generate=True,
             )
         )

@@ -5,7 +5,8 @@ Clients send camelCase keys, either at the top level or under a "pieLsp" section
     {"pieLsp": {"strategy": "pie", "debounceMs": 50, "maxNewTokens": 64,
                 "maxPromptTokens": 1536, "suffixShare": 0.25, "windowMarginLines": 8,
                 "memoryBudgetMb": 256, "fimLayout": "auto", "refreshAfterEdit": 0,
-                "staleBudget": 0, "maxRefreshTokens": 512, "maxRegions": 4, "midLine": "closing",
+                "staleBudget": 0, "maxRefreshTokens": 512, "maxRefreshMs": 100, "maxRegions": 4,
+                "midLine": "closing",
                 "speculativeTokens": 8, "healTokens": true, "minConfidence": -1,
                 "minTokenProb": -1, "idleRefreshMs": 400}}
 
@@ -31,6 +32,7 @@ _COMPLETION_KEYS = {
     "refreshAfterEdit": "refresh_after_edit",
     "staleBudget": "stale_budget",
     "maxRefreshTokens": "max_refresh_tokens",
+    "maxRefreshMs": "max_refresh_ms",
     "maxRegions": "max_regions",
     "midLine": "mid_line",
     "speculativeTokens": "speculative_tokens",

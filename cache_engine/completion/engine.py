@@ -41,6 +41,7 @@ from cache_engine.completion.prompt_layout import (
 from cache_engine.completion.regions import DocumentCaches, PromptRegion
 from cache_engine.completion.settings import MODEL_CALIBRATED, CompletionSettings, SettingsError
 from cache_engine.completion.speculation import PromptLookup
+from cache_engine.completion.stale_refresh import refresh_after_edits, refresh_before_decoding
 from cache_engine.completion.stats import DocumentStats
 from cache_engine.completion.stop_rules import (
     CompletionStopper,
@@ -512,7 +513,10 @@ class CompletionEngine:
                 if len(cache) == len(new_ids):
                     caches.stats.record_edit(stats)
                     if stats.strategy == "pie" and settings.refresh_after_edit:
-                        self._refresh_after(caches, cache, edits, settings.refresh_after_edit)
+                        for refreshed in refresh_after_edits(
+                            cache, edits, settings.refresh_after_edit
+                        ):
+                            caches.stats.record_refresh(refreshed)
                     self._record_state(caches, region)
                     return
                 log.error(
@@ -530,19 +534,6 @@ class CompletionEngine:
         caches.stats.record_edit(cache.reset(new_ids))
         self._record_state(caches, region)
 
-    def _refresh_after(
-        self, caches: DocumentCaches, cache: EditableCache, edits: list[TokenEdit], tokens: int
-    ) -> None:
-        """Recompute the `tokens` cached tokens after each edit of a batch (indices after it):
-        the tokens nearest a change carry most of the deviation (CacheBlend, EPIC)."""
-        shift = 0
-        for edit in sorted(edits, key=lambda e: e.start):
-            shift += edit.delta
-            start = edit.end + shift
-            stop = min(len(cache), start + tokens)
-            if start < stop:
-                caches.stats.record_refresh(cache.refresh(start, stop))
-
     def _within_stale_budget(
         self,
         caches: DocumentCaches,
@@ -550,15 +541,12 @@ class CompletionEngine:
         settings: CompletionSettings,
         should_stop: Callable[[], bool],
     ) -> None:
-        cache = region.cache
-        budget = settings.stale_budget
-        # The last token is re-fed before decoding anyway, so it never counts against it.
-        if cache is None or budget < 0 or cache.stale_tokens <= max(budget, 1):
+        if region.cache is None:
             return
-        start = cache.exact_tokens
-        stop = min(len(cache), start + settings.max_refresh_tokens)
-        caches.stats.record_refresh(cache.refresh(start, stop, should_stop=should_stop))
-        self._record_state(caches, region)
+        stats = refresh_before_decoding(region.cache, settings, should_stop)
+        if stats is not None:
+            caches.stats.record_refresh(stats)
+            self._record_state(caches, region)
 
     def _record_state(self, caches: DocumentCaches, region: PromptRegion) -> None:
         stats = caches.stats

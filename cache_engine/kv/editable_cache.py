@@ -74,6 +74,9 @@ FORWARD_PATHS: tuple[str, ...] = get_args(ForwardPath)
 
 # Long prefills run in chunks so the attention scores of one chunk bound peak memory.
 PREFILL_CHUNK = 2048
+# Passes this long or longer set the cache's rate of recomputation (`tokens_within`); shorter
+# ones cost mostly per-pass overhead and would understate what a long refresh can do.
+RATE_MIN_TOKENS = 32
 
 
 @dataclass
@@ -233,6 +236,7 @@ class EditableCache:
         self.last_edit: EditStats | None = None
         self.total_encoded = 0
         self.total_reused = 0
+        self._seconds_per_token: float | None = None
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -512,6 +516,14 @@ class EditableCache:
         stats.tokens_refreshed = refreshed
         return stats
 
+    def tokens_within(self, seconds: float) -> int | None:
+        """About how many tokens one long pass recomputes in `seconds`, at the rate of this
+        cache's recent passes of RATE_MIN_TOKENS or more (encodes, refreshes, long edits);
+        None before it has run one."""
+        if self._seconds_per_token is None:
+            return None
+        return max(0, int(seconds / self._seconds_per_token))
+
     def refresh_stale(
         self, *, chunk: int = PREFILL_CHUNK, should_stop: Callable[[], bool] = lambda: False
     ) -> EditStats:
@@ -653,6 +665,7 @@ class EditableCache:
         self, ids: list[int], slot: int, *, keep_logits: bool, all_logits: bool = False
     ) -> torch.Tensor:
         """Run ids at positions slot.. writing K/V at those slots; returns fp32 logits."""
+        started = time.perf_counter()
         if self._decode_graph is not None and len(ids) == 1:
             slab = self._slab
             input_ids = torch.tensor(ids, device=self.device)
@@ -667,7 +680,18 @@ class EditableCache:
             logits = self._hf_forward(input_ids, slot, all_logits=all_logits)
         torch.arange(slot, slot + len(ids), out=self._positions[slot : slot + len(ids)])
         self._last_forward_logits = logits[-1]
+        if len(ids) >= RATE_MIN_TOKENS:
+            self._time_pass(len(ids), started)
         return logits
+
+    def _time_pass(self, tokens: int, started: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        rate = (time.perf_counter() - started) / tokens
+        # Halfway to each new pass: follows a machine that slows under load within a few passes
+        # without letting one preempted pass set the rate alone.
+        previous = self._seconds_per_token
+        self._seconds_per_token = rate if previous is None else 0.5 * (previous + rate)
 
     def _bound_pass(self) -> BoundPass | None:
         """The compiled pass bound to today's slab, for a decode loop (one-token steps and

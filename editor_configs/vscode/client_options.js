@@ -21,6 +21,7 @@ const SERVER_SETTINGS = [
   'fimLayout',
   'staleBudget',
   'maxRefreshTokens',
+  'maxRefreshMs',
   'refreshAfterEdit',
   'idleRefreshMs',
   'maxRegions',

@@ -13,8 +13,14 @@ from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.text.text_change import TextChange
 from tests.completion.test_completion_engine import SOURCE, URI, cached_prompt_is_consistent
 
+# No time limit on refreshes: the tests that ask for an exact cache must not depend on the
+# machine's speed (`test_refresh_time_limit_*` set the pass rate themselves).
 SETTINGS = CompletionSettings(
-    max_new_tokens=4, max_prompt_tokens=256, window_margin_lines=3, mid_line="always"
+    max_new_tokens=4,
+    max_prompt_tokens=256,
+    window_margin_lines=3,
+    mid_line="always",
+    max_refresh_ms=0,
 )
 
 
@@ -190,7 +196,14 @@ def test_fim_layout_auto_follows_the_model(loaded_random_model) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("fim_layout", "pms"), ("stale_budget", -2), ("max_regions", 0), ("refresh_after_edit", -1)],
+    [
+        ("fim_layout", "pms"),
+        ("stale_budget", -2),
+        ("max_regions", 0),
+        ("refresh_after_edit", -1),
+        ("max_refresh_ms", -1),
+        ("max_refresh_ms", 1.5),
+    ],
 )
 def test_bad_new_settings_name_the_value(name: str, value: object) -> None:
     with pytest.raises(SettingsError, match=name):
@@ -218,3 +231,44 @@ def test_refresh_per_request_is_capped_and_catches_up(loaded_random_model) -> No
         assert cache.exact_tokens == min(len(cache), before + 40)
     assert cache.stale_tokens <= 1 and cache.exact_tokens > exact_after_one
     assert logits_gap(engine) <= 1e-4
+
+
+def far_edit_then_complete(engine: CompletionEngine) -> EditableCache:
+    """Complete, insert a line far above the cursor inside the window, complete again; returns
+    the region's cache."""
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
+    engine.complete(URI, cursor)
+    window = engine.documents.snapshot(URI).windows[engine.active_region(URI).id]
+    far = window.start + 1
+    engine.change_document(URI, 2, [TextChange(far, far, "# far\n")])
+    engine.complete(URI, cursor + len("# far\n"))
+    return engine.active_region(URI).cache
+
+
+@pytest.mark.parametrize(("affordable", "refreshed"), [(25, 25), (0, 0), (10_000, 40)])
+def test_refresh_time_limit_takes_what_the_pass_rate_affords(
+    loaded_random_model, monkeypatch, affordable: int, refreshed: int
+) -> None:
+    asked: list[float] = []
+
+    def tokens_within(self: EditableCache, seconds: float) -> int:
+        asked.append(seconds)
+        return affordable
+
+    monkeypatch.setattr(EditableCache, "tokens_within", tokens_within)
+    engine = engine_with(loaded_random_model, max_refresh_tokens=40, max_refresh_ms=250)
+    cache = far_edit_then_complete(engine)
+    assert asked and set(asked) == {0.25}
+    assert engine.stats(URI)[URI]["tokens_refreshed_total"] == refreshed
+    assert cache.stale_tokens > 1
+
+
+def test_no_time_limit_refreshes_the_token_cap(loaded_random_model, monkeypatch) -> None:
+    def unreachable(self: EditableCache, seconds: float) -> int:
+        raise AssertionError("maxRefreshMs 0 must not consult the pass rate")
+
+    monkeypatch.setattr(EditableCache, "tokens_within", unreachable)
+    engine = engine_with(loaded_random_model, max_refresh_tokens=40, max_refresh_ms=0)
+    far_edit_then_complete(engine)
+    assert engine.stats(URI)[URI]["tokens_refreshed_total"] == 40

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.kv.editable_cache import RATE_MIN_TOKENS, EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 from tests.kv.test_editable_cache import ATOL, fresh, random_batch, random_ids
 from tests.model_factory import tiny_model
@@ -161,3 +161,16 @@ def test_pie_equals_full_exactly_when_nothing_is_stale(llama):
             assert logits_gap(cache) <= ATOL
             checked += 1
     assert checked >= 8
+
+
+def test_pass_rate_comes_from_long_passes_only(llama) -> None:
+    cache = EditableCache(llama, strategy="pie")
+    assert cache.tokens_within(1.0) is None
+    cache.reset(random_ids(RATE_MIN_TOKENS - 1, seed=3))
+    cache.append(random_ids(4, seed=4))
+    assert cache.tokens_within(1.0) is None, "short passes cost mostly overhead"
+    cache.append(random_ids(RATE_MIN_TOKENS, seed=5))
+    assert cache.tokens_within(0.0) == 0
+    # A long pass of a tiny model takes far less than an hour a token.
+    assert cache.tokens_within(3600.0) >= RATE_MIN_TOKENS
+    assert cache.tokens_within(1.0) <= cache.tokens_within(2.0)
