@@ -62,11 +62,15 @@ POLICIES = (
     ),
     Policy(
         "pie, stale budget 0, unbounded",
-        {"strategy": "pie", "stale_budget": 0, "max_refresh_tokens": 1 << 20},
+        {"strategy": "pie", "stale_budget": 0, "max_refresh_tokens": 1 << 20, "max_refresh_ms": 0},
     ),
     Policy(
-        "pie, stale budget 0, 512 a request",
-        {"strategy": "pie", "stale_budget": 0, "max_refresh_tokens": 512},
+        "pie, stale budget 0, 512 a request, no time limit",
+        {"strategy": "pie", "stale_budget": 0, "max_refresh_tokens": 512, "max_refresh_ms": 0},
+    ),
+    Policy(
+        "pie, stale budget 0, 512 and 100 ms a request",
+        {"strategy": "pie", "stale_budget": 0, "max_refresh_tokens": 512, "max_refresh_ms": 100},
     ),
 )
 
