@@ -104,6 +104,19 @@ def serve(engine: str, gguf: Path, threads: int) -> None:
         print(json.dumps({"ms_per_token": ms}), flush=True)
 
 
+def read_reply(child: subprocess.Popen, policy: str, engine: str) -> dict:
+    """The child's next JSON line; raises naming the child if it died or said something else."""
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        child.poll()
+        raise RuntimeError(
+            f"the {engine} child under {policy} answered {line!r} (exit status {child.returncode})"
+        ) from None
+
+
 def child_environment(policy: str) -> dict[str, str]:
     env = {
         k: v
@@ -139,9 +152,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = shaped_model(QWEN_05B_SHAPE)
     weight_bytes = weight_bytes_per_decode_step(model)
-    gguf = Path(tempfile.mkdtemp(prefix="pie-lsp-gguf-")) / "model.f32.gguf"
-    write_gguf(model, gguf)
-    del model
+    scratch = tempfile.TemporaryDirectory(prefix="pie-lsp-gguf-")
+    gguf = Path(scratch.name) / "model.f32.gguf"
     # The floor: the same bytes read once, in the parent, before each round.
     weights_read = weight_sized_buffer(weight_bytes)
     children: dict[tuple[str, str], subprocess.Popen] = {}
@@ -149,6 +161,8 @@ def main() -> None:
     samples: dict[str, dict[str, list[float]]] = {p: {e: [] for e in ENGINES} for p in POLICIES}
     floors_ms: list[float] = []
     try:
+        write_gguf(model, gguf)
+        del model
         for policy in POLICIES:
             for engine in ENGINES:
                 command = [sys.executable, "-m", "benchmarks.bench_decode_peer"]
@@ -162,8 +176,7 @@ def main() -> None:
                 )
                 children[(policy, engine)] = child
                 # One at a time: four 0.5B models loading at once would only slow each other.
-                assert child.stdout is not None
-                steps[engine] = json.loads(child.stdout.readline())["ready"]
+                steps[f"{engine}, {policy}"] = read_reply(child, policy, engine)["ready"]
         order = list(children)
         rng = random.Random(1)
         for round_ in range(args.rounds):
@@ -173,10 +186,10 @@ def main() -> None:
             for policy, engine in order:
                 time.sleep(args.settle_ms / 1000)
                 child = children[(policy, engine)]
-                assert child.stdin is not None and child.stdout is not None
+                assert child.stdin is not None
                 child.stdin.write("run\n")
                 child.stdin.flush()
-                samples[policy][engine].append(json.loads(child.stdout.readline())["ms_per_token"])
+                samples[policy][engine].append(read_reply(child, policy, engine)["ms_per_token"])
             print(
                 f"round {round_ + 1}: floor {floors_ms[-1]:.1f} ms, "
                 + ", ".join(f"{e} {p} {samples[p][e][-1]:.1f}" for p, e in order),
@@ -186,8 +199,12 @@ def main() -> None:
         for child in children.values():
             if child.stdin is not None:
                 child.stdin.close()
-            child.wait()
-        gguf.unlink()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        scratch.cleanup()
 
     median = {p: {e: statistics.median(samples[p][e]) for e in ENGINES} for p in POLICIES}
     best = {e: min((median[p][e], p) for p in POLICIES) for e in ENGINES}
@@ -208,7 +225,7 @@ def main() -> None:
         "rounds": args.rounds,
         "settle_ms": args.settle_ms,
         "load_average": load_average(),
-        "pie_lsp_step": steps["pie-lsp"],
+        "steps": steps,
         "weight_bytes_per_step": weight_bytes,
         "floor_method": "one sum over a float32 buffer of the weight bytes (huge pages where the "
         "weights are), best of two, before each round",

@@ -222,7 +222,7 @@ class CompletionEngine:
         try:
             region = self._sync(uri, caches, snapshot, cursor, settings)
             self._enforce_memory_budget(keep=region, budget=settings.memory_budget_bytes)
-            self._within_stale_budget(caches, region, settings, should_stop)
+            self._refresh_before_decoding(caches, region, settings, should_stop)
             if should_stop():
                 return Completion("", "none", "cancelled")
             context = CursorContext.at(snapshot.text, cursor, snapshot.language_id)
@@ -534,7 +534,7 @@ class CompletionEngine:
         caches.stats.record_edit(cache.reset(new_ids))
         self._record_state(caches, region)
 
-    def _within_stale_budget(
+    def _refresh_before_decoding(
         self,
         caches: DocumentCaches,
         region: PromptRegion,

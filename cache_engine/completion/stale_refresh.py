@@ -22,7 +22,7 @@ def refresh_after_edits(
 ) -> list[EditStats]:
     """Recompute the `tokens` cached tokens after each edit of a batch (indices after it):
     the tokens nearest a change carry most of the deviation (CacheBlend, EPIC)."""
-    done = []
+    done: list[EditStats] = []
     shift = 0
     for edit in sorted(edits, key=lambda e: e.start):
         shift += edit.delta

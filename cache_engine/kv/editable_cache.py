@@ -517,9 +517,10 @@ class EditableCache:
         return stats
 
     def tokens_within(self, seconds: float) -> int | None:
-        """About how many tokens one long pass recomputes in `seconds`, at the rate of this
-        cache's recent passes of RATE_MIN_TOKENS or more (encodes, refreshes, long edits);
-        None before it has run one."""
+        """About how many tokens one pass recomputes in `seconds`, at the per-token rate of this
+        cache's recent passes of RATE_MIN_TOKENS or more (encodes, refreshes, appends); None
+        before it has run one. Approximate: a short pass also pays a fixed cost, about one
+        decode step's weight reads, which the rate spreads over many tokens."""
         if self._seconds_per_token is None:
             return None
         return max(0, int(seconds / self._seconds_per_token))
@@ -688,8 +689,8 @@ class EditableCache:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         rate = (time.perf_counter() - started) / tokens
-        # Halfway to each new pass: follows a machine that slows under load within a few passes
-        # without letting one preempted pass set the rate alone.
+        # Halfway to each new pass: follows a machine that slows under load within a few passes,
+        # while one preempted pass moves the rate only halfway.
         previous = self._seconds_per_token
         self._seconds_per_token = rate if previous is None else 0.5 * (previous + rate)
 

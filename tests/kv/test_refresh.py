@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from cache_engine.kv import editable_cache
 from cache_engine.kv.editable_cache import RATE_MIN_TOKENS, EditableCache
 from cache_engine.kv.token_edits import TokenEdit
 from tests.kv.test_editable_cache import ATOL, fresh, random_batch, random_ids
@@ -170,7 +171,39 @@ def test_pass_rate_comes_from_long_passes_only(llama) -> None:
     cache.append(random_ids(4, seed=4))
     assert cache.tokens_within(1.0) is None, "short passes cost mostly overhead"
     cache.append(random_ids(RATE_MIN_TOKENS, seed=5))
-    assert cache.tokens_within(0.0) == 0
+    rate_set = cache.tokens_within(3600.0)
     # A long pass of a tiny model takes far less than an hour a token.
-    assert cache.tokens_within(3600.0) >= RATE_MIN_TOKENS
-    assert cache.tokens_within(1.0) <= cache.tokens_within(2.0)
+    assert rate_set is not None and rate_set >= RATE_MIN_TOKENS
+    cache.append(random_ids(RATE_MIN_TOKENS - 1, seed=6))
+    cache.refresh(0, RATE_MIN_TOKENS - 1)
+    assert cache.tokens_within(3600.0) == rate_set, "a short pass moved the rate"
+
+
+def test_pass_rate_moves_halfway_to_each_long_pass(llama, monkeypatch) -> None:
+    seconds_per_call = [1e-3]
+
+    class ScriptedClock:
+        """perf_counter that advances by seconds_per_call[0] on every call, so a pass takes
+        that many seconds per clock reading inside it, whatever the machine."""
+
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += seconds_per_call[0]
+            return cls.now
+
+    monkeypatch.setattr(editable_cache, "time", ScriptedClock)
+    cache = EditableCache(llama, strategy="pie")
+    tokens = RATE_MIN_TOKENS * 2
+    cache.reset(random_ids(tokens, seed=7))
+    first = cache.tokens_within(1.0)
+    assert first is not None and first > 0
+    # Passes ten times slower: the rate moves halfway each time, toward the slower one.
+    seconds_per_call[0] = 1e-2
+    cache.append(random_ids(tokens, seed=8))
+    second = cache.tokens_within(1.0)
+    cache.append(random_ids(tokens, seed=9))
+    third = cache.tokens_within(1.0)
+    assert second is not None and third is not None
+    assert first > second > third > first / 10
