@@ -666,7 +666,8 @@ class EditableCache:
         self, ids: list[int], slot: int, *, keep_logits: bool, all_logits: bool = False
     ) -> torch.Tensor:
         """Run ids at positions slot.. writing K/V at those slots; returns fp32 logits."""
-        started = time.perf_counter()
+        timed = len(ids) >= RATE_MIN_TOKENS
+        started = time.perf_counter() if timed else 0.0
         if self._decode_graph is not None and len(ids) == 1:
             slab = self._slab
             input_ids = torch.tensor(ids, device=self.device)
@@ -681,7 +682,7 @@ class EditableCache:
             logits = self._hf_forward(input_ids, slot, all_logits=all_logits)
         torch.arange(slot, slot + len(ids), out=self._positions[slot : slot + len(ids)])
         self._last_forward_logits = logits[-1]
-        if len(ids) >= RATE_MIN_TOKENS:
+        if timed:
             self._time_pass(len(ids), started)
         return logits
 
