@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -159,7 +160,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The client is gone (exit, or end of input): stop a generation still running, or the
     # interpreter would wait for the worker thread to finish it before exiting.
     server.worker.shutdown()
-    sys.exit(server.exit_code)
+    # Then leave without the interpreter's teardown: it took about 1 s with a model loaded and
+    # waited for a model load in progress (4-7 s), and VS Code kills a server that has not gone
+    # 2 s after `exit` (its "Restart server" did every time). Only the logs need flushing.
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass  # the client closed the pipe
+    os._exit(server.exit_code)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
@@ -165,6 +166,13 @@ class PieLanguageServer(LanguageServer):
         capabilities = getattr(self.protocol, "server_capabilities", None)
         kind = capabilities.position_encoding if capabilities is not None else None
         return str(getattr(kind, "value", kind) or "utf-16")
+
+    @property
+    def shows_inline_completions(self) -> bool:
+        """Whether the client declared `textDocument/inlineCompletion`: it shows the suggestion
+        as ghost text, and a menu item of the same text would only repeat it."""
+        text_document = self.client_capabilities.text_document
+        return text_document is not None and text_document.inline_completion is not None
 
     def line_index(self, uri: str, text: str) -> LineIndex:
         index = self._line_indexes.get(uri)
@@ -329,6 +337,7 @@ class PieLanguageServer(LanguageServer):
         transformers_logging.disable_progress_bar()
 
         options = self.options
+        started = time.perf_counter()
         loaded = load_model(
             options.model,
             device=options.device,
@@ -336,6 +345,7 @@ class PieLanguageServer(LanguageServer):
             allow_pickle=options.allow_pickle,
             quantize=options.quantize,
         )
+        log.info("model %s loaded in %.1f s", options.model, time.perf_counter() - started)
         graphs = options.cuda_graphs
         try:
             return CompletionEngine(
@@ -575,8 +585,17 @@ class PieLanguageServer(LanguageServer):
             "modelState": self.model_state,
             "strategy": self.settings.completion.strategy,
             "settings": self.settings.client_names(),
+            "confidenceGate": self._gate_in_force(),
             "documents": self._document_stats(uri),
         }
+
+    def _gate_in_force(self) -> dict[str, float] | None:
+        """minConfidence and minTokenProb as completions use them: -1 in the settings means the
+        model's calibrated values, which only the loaded model knows."""
+        if self.engine is None:
+            return None
+        gate = self.engine.confidence_gate(self.settings.completion)
+        return {"minConfidence": gate.min_confidence, "minTokenProb": gate.min_token_prob}
 
     def _document_stats(self, uri: str | None) -> dict[str, dict[str, object]]:
         if self.engine is None:
@@ -698,6 +717,10 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
     async def completion(
         ls: PieLanguageServer, params: types.CompletionParams
     ) -> types.CompletionList:
+        # VS Code asks for both on trigger characters such as "(" and ",": an item in its menu
+        # showed the ghost text twice and took the Enter meant to break the line.
+        if ls.shows_inline_completions:
+            return types.CompletionList(is_incomplete=False, items=[])
         uri, position = params.text_document.uri, params.position
         text = await ls.complete(uri, position)
         if not text:

@@ -511,8 +511,11 @@ class CompletionEngine:
                 log.warning("cache edit failed (%s); re-encoding the prompt", error)
             else:
                 if len(cache) == len(new_ids):
-                    caches.stats.record_edit(stats)
-                    if stats.strategy == "pie" and settings.refresh_after_edit:
+                    # A sync that found nothing changed (the idle refresh's, a repeated request)
+                    # is no edit: recording it would hide the last real one from the stats.
+                    if edits:
+                        caches.stats.record_edit(stats)
+                    if edits and stats.strategy == "pie" and settings.refresh_after_edit:
                         for refreshed in refresh_after_edits(
                             cache, edits, settings.refresh_after_edit
                         ):

@@ -59,8 +59,37 @@ if not vim.g.pie_lsp_keep_highlight then
   vim.api.nvim_set_hl(0, 'ComplHintMore', { fg = '#5f5f5f', ctermfg = 240, italic = true })
 end
 
+-- The model loads for seconds after the server starts; requests made meanwhile get nothing,
+-- and Neovim asks again only after the next key. So say what is happening, and ask again for
+-- the focused buffer once the model is ready.
+local function echo_short(text)
+  local width = math.max(20, vim.o.columns - 15)
+  vim.api.nvim_echo({ { #text > width and text:sub(1, width - 1) .. '…' or text } }, true, {})
+end
+
+local function on_model_state(_, result, ctx)
+  local state, model = result and result.state, result and result.model
+  vim.schedule(function()
+    if state == 'loading' then
+      echo_short(('pie-lsp: loading model %s; ghost text starts once it is ready'):format(model))
+    elseif state == 'ready' then
+      echo_short(('pie-lsp: model %s ready'):format(model))
+      local bufnr = vim.api.nvim_get_current_buf()
+      local client = vim.lsp.get_clients({ name = 'pie_lsp', bufnr = bufnr })[1]
+      if client and client.id == ctx.client_id
+        and vim.api.nvim_get_mode().mode:sub(1, 1) == 'i'
+        and vim.lsp.inline_completion.is_enabled({ bufnr = bufnr }) then
+        -- Neovim's inline completion asks on CursorMovedI (after its 200 ms debounce).
+        vim.api.nvim_exec_autocmds('CursorMovedI', { modeline = false })
+      end
+    end
+    -- A failure comes as window/showMessage from the server, which Neovim shows itself.
+  end)
+end
+
 vim.lsp.config('pie_lsp', {
   cmd = cmd,
+  handlers = { ['pie-lsp/modelState'] = on_model_state },
   -- The shipped model was trained on Python only; point g:pie_lsp_filetypes at more when
   -- --model is a model that knows them.
   filetypes = vim.g.pie_lsp_filetypes or { 'python' },
@@ -150,7 +179,7 @@ end
 -- The item Neovim draws, without accepting it: 0.12 has no public call for that (get() takes
 -- the item), so it is read from the module's Completor, found as an upvalue of get(). Where a
 -- later Neovim names things otherwise this finds nothing, and only the hiding below is lost.
-local function drawn_item(bufnr)
+local function completor_of(bufnr)
   local index = 1
   while true do
     local name, value = debug.getupvalue(vim.lsp.inline_completion.get, index)
@@ -158,11 +187,15 @@ local function drawn_item(bufnr)
       return nil
     end
     if name == 'Completor' and type(value) == 'table' and type(value.active) == 'table' then
-      local completor = value.active[bufnr]
-      return completor and completor.current
+      return value.active[bufnr]
     end
     index = index + 1
   end
+end
+
+local function drawn_item(bufnr)
+  local completor = completor_of(bufnr)
+  return completor and completor.current
 end
 
 local ghost_namespace = vim.api.nvim_create_namespace('nvim.lsp.inline_completion')
@@ -227,9 +260,27 @@ local function schedule_check(bufnr)
   end)
 end
 
+-- Neovim's own CursorMovedI handler draws its current item again at the item's start column,
+-- and fails ("Invalid 'col': out of range", a prompt that swallows the next keys) where the line
+-- is now shorter than that: after Enter, <BS>, <C-u> or moving to a shorter line. This autocmd
+-- is defined before Neovim's (which comes with the first attach), so it runs first, and forgets
+-- an item that no longer holds before Neovim can draw it.
+local function forget_stale_item(bufnr)
+  local completor = completor_of(bufnr)
+  local item = completor and completor.current
+  local client = pie_client(bufnr)
+  if item and client and item.client_id == client.id and not holds_at_cursor(item) then
+    completor.current = nil
+    vim.api.nvim_buf_clear_namespace(bufnr, ghost_namespace, 0, -1)
+  end
+end
+
 vim.api.nvim_create_autocmd({ 'CursorMovedI', 'TextChangedI' }, {
   group = vim.api.nvim_create_augroup('pie_lsp_stale_ghost', { clear = true }),
   callback = function(event)
+    if vim.api.nvim_win_get_buf(0) == event.buf then
+      forget_stale_item(event.buf)
+    end
     schedule_check(event.buf)
   end,
 })
@@ -263,9 +314,17 @@ local function stats_summary(result, uri)
   local out = { ('pie-lsp: model %s (%s), strategy %s'):format(
     tostring(result.model), tostring(result.modelState), tostring(result.strategy)
   ) }
+  local gate = type(result.confidenceGate) == 'table' and result.confidenceGate or nil
+  if gate then
+    table.insert(out, ('gate in force: minConfidence %g, minTokenProb %g'):format(
+      tonumber(gate.minConfidence) or 0, tonumber(gate.minTokenProb) or 0
+    ))
+  end
   local doc = (result.documents or {})[uri]
   if not doc then
-    table.insert(out, 'this buffer: no cache yet (no completion asked for)')
+    table.insert(out, result.modelState == 'ready'
+      and 'this buffer: no cache yet (no completion asked for)'
+      or ('this buffer: nothing yet, the model is %s'):format(tostring(result.modelState)))
     return table.concat(out, '\n')
   end
   local function n(key)

@@ -83,6 +83,24 @@ def test_edits_above_and_below_the_cursor_sync_in_one_batch(engine) -> None:
     assert "# note" in engine.active_region(URI).prompt.right
 
 
+def test_a_sync_that_changes_nothing_keeps_the_last_edit(engine) -> None:
+    engine.open_document(URI, SOURCE, 1, "python")
+    cursor = SOURCE.index("    value = x + 20") + len("    value = x + 20")
+    engine.complete(URI, cursor)
+    above = SOURCE.index("value = x + 18")
+    edit(engine, 2, above, above, "# note\n    ")
+    cursor += len("# note\n    ")
+    engine.complete(URI, cursor)
+    edited = engine.stats(URI)[URI]
+    assert edited["last_edit_strategy"] == "pie" and edited["last_edit"]["tokens_moved"] > 0
+    # The idle refresh syncs a cache that already holds today's text, then asks again.
+    engine.prepare(URI, cursor)
+    engine.complete(URI, cursor)
+    after = engine.stats(URI)[URI]
+    assert after["last_edit"] == edited["last_edit"]
+    assert after["cache_syncs"] == edited["cache_syncs"]
+
+
 @pytest.mark.parametrize("strategy", ["prefix", "full"])
 def test_strategy_comes_from_settings(engine, strategy: str) -> None:
     engine.open_document(URI, SOURCE, 1, "python")

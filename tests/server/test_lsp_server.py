@@ -132,6 +132,24 @@ async def test_cancel_request_stops_the_work(client: LanguageClient) -> None:
     assert (await stats(client, uri))["documents"].get(uri, {}).get("completions", 0) == 0
 
 
+async def test_stats_name_the_confidence_gate_in_force(client: LanguageClient) -> None:
+    """-1 in the settings means the model's calibrated values: the stats say what they are
+    (the tiny model has none, so 0), and a value set by the client replaces them."""
+    assert (await stats(client))["confidenceGate"] == {"minConfidence": 0.0, "minTokenProb": 0.0}
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"pieLsp": {"minConfidence": 0.25}})
+    )
+    try:
+        result = await stats(client)
+        assert result["settings"]["minTokenProb"] == -1
+        assert result["confidenceGate"] == {"minConfidence": 0.25, "minTokenProb": 0.0}
+    finally:
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"pieLsp": {"minConfidence": -1}})
+        )
+    assert (await stats(client))["confidenceGate"]["minConfidence"] == 0.0
+
+
 async def test_newer_request_supersedes_the_one_in_flight(client: LanguageClient) -> None:
     uri = "file:///work/supersede.py"
     open_document(client, uri, SOURCE)

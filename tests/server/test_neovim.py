@@ -564,6 +564,46 @@ def test_keys_that_do_not_match_hide_the_ghost_text_at_once(nvim, tmp_path) -> N
 
 
 @pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+@pytest.mark.parametrize("keys", ["<CR>", "<C-u>", "<BS><BS><BS><BS>"])
+def test_keys_that_shorten_the_line_under_the_ghost_text_raise_no_error(
+    nvim, tmp_path, keys: str
+) -> None:
+    """Neovim draws its item again at the item's start column on every cursor move; where the
+    line has become shorter than that it failed with "Invalid 'col': out of range", and the
+    prompt that followed swallowed the next keys."""
+    line, _ = ghost_at_new_line(nvim, tmp_path, "shorter.py")
+    nvim.exec_lua("vim.v.errmsg = ''", [])
+    before = nvim.current.buffer[:]
+    nvim.input(keys)
+    wait_until(lambda: nvim.current.buffer[:] != before, 30, keys)
+    nvim.input("ab")
+    wait_until(lambda: "ab" in "".join(nvim.current.buffer[line - 1 :]), 30, "the next keys")
+    time.sleep(0.5)  # through Neovim's 200 ms debounce and the redraws after it
+    assert nvim.exec_lua("return vim.v.errmsg", []) == ""
+    assert "Invalid 'col'" not in nvim.exec_lua("return vim.fn.execute('messages')", [])
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
+def test_ghost_text_comes_once_the_model_is_ready_without_another_key(nvim, tmp_path) -> None:
+    """Keys typed while the model loads get no answer, and Neovim asks again only after the
+    next key: the config asks again when the server says the model is ready."""
+    path = tmp_path / "early.py"
+    path.write_text(SOURCE)
+    open_and_wait(nvim, path)
+    line = len(nvim.current.buffer)
+    nvim.current.window.cursor = (line, 4)
+    nvim.input("Avalue = ")
+    state = (nvim.exec_lua(STATS, []) or {}).get("modelState")
+    if state == "ready":
+        pytest.skip("the model was ready before the keys: nothing to ask again for")
+    wait_ready(nvim)
+    ghost = wait_until(lambda: nvim.exec_lua(GHOST_TEXT, []), 60, "ghost text after loading")
+    assert ghost["row"] == line - 1
+    messages = nvim.exec_lua("return vim.fn.execute('messages')", [])
+    assert "pie-lsp: loading model" in messages or "ready" in messages, messages
+
+
+@pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
 def test_tab_after_typing_along_inserts_the_whole_item(nvim, tmp_path) -> None:
     line, ghost = ghost_at_new_line(nvim, tmp_path, "along.py")
     item = ghost["first"]
@@ -582,7 +622,7 @@ def test_stats_command_sums_up_the_buffer(nvim, tmp_path) -> None:
     nvim.command("PieLspStats")
     summary = wait_until(
         lambda: (
-            "pie-lsp: model" in (text := nvim.exec_lua("return vim.fn.execute('messages')", []))
+            ", strategy " in (text := nvim.exec_lua("return vim.fn.execute('messages')", []))
             and text
         ),
         30,
@@ -590,6 +630,8 @@ def test_stats_command_sums_up_the_buffer(nvim, tmp_path) -> None:
     )
     assert "strategy pie" in summary and "(ready)" in summary, summary
     assert "completions" in summary and "shown" in summary and "cache:" in summary, summary
+    # The tests' settings set both to 0, which the summary names instead of the settings' -1.
+    assert "gate in force: minConfidence 0, minTokenProb 0" in summary, summary
 
 
 # A server's answer as Neovim's handler takes it, for an item of the test's choosing at a
