@@ -10,6 +10,10 @@
 - Text that repeats what follows the cursor is trimmed, and so is a line that repeats the line
   before it or one the completion already wrote, and a line that stutters (the same few
   characters four times in a row): the usual ways a small model loops.
+- A line that runs on in whitespace is cut where the run starts: indentation more than
+  MAX_EXTRA_INDENT past the line above (or the cursor's own), or MAX_INNER_SPACES blanks
+  inside a line. The small model can emit one space token after another on an indented
+  empty line until maxNewTokens, which kept nothing and held the worker for up to 2 s.
 - A Python `def` whose parameter list would name a parameter twice (a SyntaxError, and another
   way the model loops: "(value, value, value)") is cut before the repeat.
 - A completion that only repeats what follows the cursor, or is blank, is dropped.
@@ -39,6 +43,11 @@ LINE_COMMENT = {"python": "#", "shellscript": "#", "ruby": "#", "r": "#", "yaml"
 
 # The same unit of two or more characters four times in a row, within one line.
 _STUTTER = re.compile(r"([^\n]{2,}?)\1{3,}")
+# Indentation this much deeper than the line above, or this many blanks inside a line, is the
+# model running on in whitespace, not code.
+MAX_EXTRA_INDENT = 8
+MAX_INNER_SPACES = 16
+_INNER_SPACES = re.compile(rf"(?<=\S)[ \t]{{{MAX_INNER_SPACES},}}")
 # A Python function definition up to its parameter list's opening bracket.
 _DEF_OPENING = re.compile(r"\s*(?:async\s+)?def\s+\w+\s*(?:\[[^\]]*\]\s*)?\(")
 _PARAMETER_NAME = re.compile(r"\s*\**\s*([A-Za-z_]\w*)")
@@ -134,6 +143,8 @@ class CompletionStopper:
                 self._cut = index
         if self._cut is None:
             self._check_stutter()
+        if self._cut is None:
+            self._check_whitespace_run()
         if self._cut is None and self._def_line_open and self.context.language_id == "python":
             self._check_duplicate_parameter()
         if self._cut is None and not self.context.multiline:
@@ -185,6 +196,33 @@ class CompletionStopper:
             if any(c.isalnum() for c in unit):
                 self._cut = match.start() + len(unit)
                 return
+
+    def _check_whitespace_run(self) -> None:
+        """Cut the line being written where it runs on in whitespace (see the module doc)."""
+        start = self._text.rfind("\n") + 1
+        first = start == 0
+        written = self._text[start:]
+        line = self.context.line_prefix + written if first else written
+        offset = len(line) - len(written)  # where the generated part of `line` begins
+        body = line.lstrip(" \t")
+        if not body:
+            above = self.context.previous_line if first else self._last_nonblank_line(start)
+            allowed = _indent_width(above) + MAX_EXTRA_INDENT
+            if first:
+                allowed = max(allowed, _indent_width(self.context.line_prefix) + MAX_EXTRA_INDENT)
+            if _indent_width(line) > allowed:
+                self._cut = start
+            return
+        match = _INNER_SPACES.search(line, max(offset, len(line) - len(body)))
+        if match is not None:
+            self._cut = start + max(match.start() - offset, 0)
+
+    def _last_nonblank_line(self, end: int) -> str:
+        """The last non-blank line of the completion before offset `end`, else the cursor's."""
+        for line in reversed(self._text[:end].split("\n")):
+            if line.strip():
+                return line
+        return self.context.line_prefix
 
     def _check_duplicate_parameter(self) -> None:
         """On a `def` line, cut before the first parameter that repeats an earlier one's name.

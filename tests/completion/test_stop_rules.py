@@ -158,3 +158,29 @@ def test_bracket_scanner(text: str, unmatched_at: int) -> None:
     scanner = BracketScanner([], "#")
     results = [scanner.feed(c) for c in text]
     assert results.index(False) == unmatched_at
+
+
+def test_spaces_on_an_indented_empty_line_stop_decoding_and_keep_nothing() -> None:
+    document = "def f(data):\n    if not data:\n        |\n"
+    cursor = document.index("|")
+    text = document.replace("|", "", 1)
+    stopper = CompletionStopper(CursorContext.at(text, cursor, "python"))
+    pushed = 0
+    while stopper.push(" ") and pushed < 64:
+        pushed += 1
+    assert stopper.stopped and pushed <= 8
+    assert stopper.finish() == ""
+
+
+def test_a_line_indented_far_past_the_one_above_is_cut_before_it() -> None:
+    document = "def f(x):\n    |\n"
+    assert run(document, "y = x\n" + " " * 20 + "z") == "y = x"
+    # Indentation that opens a block, and a deeper one under it, stays.
+    generated = "if x:\n        for i in x:\n            print(i)"
+    assert run(document, generated) == generated
+
+
+def test_a_long_run_of_blanks_inside_a_line_is_cut_where_it_starts() -> None:
+    assert run("x = |\n", "compute(1)" + " " * 20 + "# note") == "compute(1)"
+    # Alignment before a comment is shorter than that.
+    assert run("x = |\n", "compute(1)    # note") == "compute(1)    # note"
