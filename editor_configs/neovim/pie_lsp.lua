@@ -166,9 +166,11 @@ local function apply_at_cursor(item)
   local start = item.range.start.col
   local lines = vim.split(item.insert_text, '\n', { plain = true })
   vim.api.nvim_buf_set_text(bufnr, row, start, row, col + rest_length, lines)
+  -- The cursor goes after what was suggested, before the rest of the line the item ends with
+  -- (the ")" of a call whose argument was completed), as VS Code places it.
   vim.api.nvim_win_set_cursor(winid, {
     row + #lines,
-    (#lines == 1 and start or 0) + #lines[#lines],
+    (#lines == 1 and start or 0) + #lines[#lines] - rest_length,
   })
   local client = item.command and vim.lsp.get_client_by_id(item.client_id)
   if client then

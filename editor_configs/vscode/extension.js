@@ -17,6 +17,13 @@ let modelState = 'not started';
 /** @type {number | undefined} */
 let lastLatencyMs;
 
+// The statistics open as a read-only document of this scheme: an untitled one asked to be
+// saved every time it was closed.
+const STATS_SCHEME = 'pie-lsp-stats';
+const STATS_URI = vscode.Uri.from({ scheme: STATS_SCHEME, path: '/pie-lsp statistics.json' });
+let statsText = '{}';
+const statsChanged = new vscode.EventEmitter();
+
 function showStatus() {
   const latency = lastLatencyMs === undefined ? '' : ` ${Math.round(lastLatencyMs)} ms`;
   if (modelState === 'ready') {
@@ -67,7 +74,9 @@ function createClient(context) {
     provideInlineCompletionItems: async (document, position, inlineContext, token, next) => {
       const started = Date.now();
       const result = await next(document, position, inlineContext, token);
-      if (!token.isCancellationRequested) {
+      const items = Array.isArray(result) ? result : result && result.items;
+      // The latency of an answer with nothing to show says nothing about the ghost text.
+      if (!token.isCancellationRequested && items && items.length > 0) {
         lastLatencyMs = Date.now() - started;
         showStatus();
       }
@@ -118,8 +127,12 @@ async function activate(context) {
   output = vscode.window.createOutputChannel('pie-lsp', { log: true });
   status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   status.command = 'pieLsp.showStats';
-  context.subscriptions.push(output, status);
+  context.subscriptions.push(output, status, statsChanged);
   context.subscriptions.push(
+    vscode.workspace.registerTextDocumentContentProvider(STATS_SCHEME, {
+      onDidChange: statsChanged.event,
+      provideTextDocumentContent: () => statsText,
+    }),
     vscode.commands.registerCommand('pieLsp.showStats', async () => {
       if (!client) {
         vscode.window.showWarningMessage(`pie-lsp is not running (${modelState}).`);
@@ -131,10 +144,9 @@ async function activate(context) {
         command: 'pie-lsp.stats',
         arguments: uri ? [uri] : [],
       });
-      const document = await vscode.workspace.openTextDocument({
-        language: 'json',
-        content: JSON.stringify(stats, null, 2),
-      });
+      statsText = JSON.stringify(stats, null, 2);
+      statsChanged.fire(STATS_URI);
+      const document = await vscode.workspace.openTextDocument(STATS_URI);
       await vscode.window.showTextDocument(document, { preview: true });
     }),
     vscode.commands.registerCommand('pieLsp.restart', async () => {

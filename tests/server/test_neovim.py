@@ -388,6 +388,8 @@ def test_mid_line_tab_inserts_what_is_shown(nvim, tmp_path) -> None:
     nvim.input("<Tab>")
     wait_until(lambda: nvim.current.buffer[line - 1] != "    if isinstance()", 30, "Tab")
     assert nvim.current.buffer[line - 1] == shown
+    # The cursor ends after the suggestion, before the ")" that was already there.
+    assert nvim.current.window.cursor == (line, len(shown.encode()) - 1)
 
 
 @pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
