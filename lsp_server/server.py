@@ -156,6 +156,8 @@ class PieLanguageServer(LanguageServer):
         self._answered: dict[str, tuple[int, int, int, str | None]] = {}
         self._settings_epoch = 0
         self._request_counters: dict[str, dict[str, int]] = {}
+        # The documents the client has asked inline completions (ghost text) for.
+        self._ghost_text_documents: set[str] = set()
 
     # ---- documents -----------------------------------------------------------------------
 
@@ -166,13 +168,6 @@ class PieLanguageServer(LanguageServer):
         capabilities = getattr(self.protocol, "server_capabilities", None)
         kind = capabilities.position_encoding if capabilities is not None else None
         return str(getattr(kind, "value", kind) or "utf-16")
-
-    @property
-    def shows_inline_completions(self) -> bool:
-        """Whether the client declared `textDocument/inlineCompletion`: it shows the suggestion
-        as ghost text, and a menu item of the same text would only repeat it."""
-        text_document = self.client_capabilities.text_document
-        return text_document is not None and text_document.inline_completion is not None
 
     def line_index(self, uri: str, text: str) -> LineIndex:
         index = self._line_indexes.get(uri)
@@ -235,6 +230,7 @@ class PieLanguageServer(LanguageServer):
         self._cancel_idle_refresh(uri)
         self._last_position.pop(uri, None)
         self._answered.pop(uri, None)
+        self._ghost_text_documents.discard(uri)
         if self.engine is not None:
             self.engine.close_document(uri)
             self.worker.submit(self.engine.release_closed)
@@ -388,7 +384,7 @@ class PieLanguageServer(LanguageServer):
         input).
 
         One generation serves every request that it can: a request at the same place and
-        version shares it (VS Code sends `completion` and `inlineCompletion` together), and a
+        version shares it (a client may send `completion` and `inlineCompletion` together), and a
         request made while the user types along the place of a running generation waits for
         it and is answered from its text, instead of throwing it away."""
         engine = self.engine
@@ -408,9 +404,8 @@ class PieLanguageServer(LanguageServer):
                 log.debug("completion %s in %s: typed ahead", _position_text(position), uri)
                 return typed.text
             answered = self._answered.get(uri)
-            # A request at the place and version a generation has just answered (VS Code's
-            # second request at a trigger character, when the first finished before it came)
-            # gets that answer, empty or not: decoding again would give the same.
+            # A request at the place and version a generation has just answered (a client's
+            # second request there, when the first finished before it came) gets that answer, empty or not: decoding again would give the same.
             here = (snapshot.version, offset, self._settings_epoch)
             if answered is not None and answered[:3] == here:
                 self._count(uri, "reused_answers")
@@ -686,6 +681,7 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
         ls: PieLanguageServer, params: types.InlineCompletionParams
     ) -> list[types.InlineCompletionItem]:
         uri, position = params.text_document.uri, params.position
+        ls._ghost_text_documents.add(uri)
         text = await ls.complete(uri, position)
         if not text:
             return []
@@ -717,9 +713,11 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
     async def completion(
         ls: PieLanguageServer, params: types.CompletionParams
     ) -> types.CompletionList:
-        # VS Code asks for both on trigger characters such as "(" and ",": an item in its menu
-        # showed the ghost text twice and took the Enter meant to break the line.
-        if ls.shows_inline_completions:
+        # Where the client shows ghost text, a menu item would show the suggestion twice, and
+        # the menu would take an Enter meant to break the line. Its asking for ghost text in the
+        # document tells; capabilities do not (Neovim 0.12 declares inline completion whether or
+        # not it is turned on; lsp-mode declares it as null).
+        if params.text_document.uri in ls._ghost_text_documents:
             return types.CompletionList(is_incomplete=False, items=[])
         uri, position = params.text_document.uri, params.position
         text = await ls.complete(uri, position)

@@ -19,10 +19,7 @@ async def start_server(
     *,
     initialization_options: Any = None,
     client: str = "neovim",
-    capabilities: types.ClientCapabilities | None = None,
 ) -> LanguageClient:
-    """A started and initialized server; `capabilities` replaces those of pytest-lsp's
-    recorded `client`."""
     config = ClientServerConfig(
         server_command=[sys.executable, "-m", "lsp_server", *arguments],
         server_env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
@@ -30,7 +27,7 @@ async def start_server(
     lsp_client = await config.start()
     await lsp_client.initialize_session(
         types.InitializeParams(
-            capabilities=capabilities or client_capabilities(client),
+            capabilities=client_capabilities(client),
             initialization_options=initialization_options,
         )
     )

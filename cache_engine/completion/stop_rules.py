@@ -11,9 +11,11 @@
   before it or one the completion already wrote, and a line that stutters (the same few
   characters four times in a row): the usual ways a small model loops.
 - A line that runs on in whitespace is cut where the run starts: indentation more than
-  MAX_EXTRA_INDENT past the line above (or the cursor's own), or MAX_INNER_SPACES blanks
-  inside a line. The small model can emit one space token after another on an indented
-  empty line until maxNewTokens, which kept nothing and held the worker for up to 2 s.
+  MAX_EXTRA_INDENT past the last non-blank line above (or the cursor's own indentation), unless
+  a bracket is open (continuation lines align with it), or MAX_INNER_SPACES blanks inside a
+  line, counting those typed before the cursor; blanks in strings and comments are text. The
+  small model can emit one space token after another on an indented empty line until
+  maxNewTokens, which kept nothing and held the worker for up to 2 s.
 - A Python `def` whose parameter list would name a parameter twice (a SyntaxError, and another
   way the model loops: "(value, value, value)") is cut before the repeat.
 - A completion that only repeats what follows the cursor, or is blank, is dropped.
@@ -47,7 +49,9 @@ _STUTTER = re.compile(r"([^\n]{2,}?)\1{3,}")
 # model running on in whitespace, not code.
 MAX_EXTRA_INDENT = 8
 MAX_INNER_SPACES = 16
-_INNER_SPACES = re.compile(rf"(?<=\S)[ \t]{{{MAX_INNER_SPACES},}}")
+# Checked as the text grows, so a run is seen while it is the end of the text (and a run that
+# a string or comment holds is seen only while that string or comment is open).
+_INNER_SPACES = re.compile(rf"(?<=\S)[ \t]{{{MAX_INNER_SPACES},}}\Z")
 # A Python function definition up to its parameter list's opening bracket.
 _DEF_OPENING = re.compile(r"\s*(?:async\s+)?def\s+\w+\s*(?:\[[^\]]*\]\s*)?\(")
 _PARAMETER_NAME = re.compile(r"\s*\**\s*([A-Za-z_]\w*)")
@@ -114,6 +118,9 @@ class CompletionStopper:
         self._line_start = 0
         self._line_index = 0
         self._previous_line = context.previous_line
+        # The last non-blank line above the cursor's: the indentation a new line is held to.
+        above = context.syntax_prefix[: len(context.syntax_prefix) - len(context.line_prefix)]
+        self._line_above = next((ln for ln in reversed(above.split("\n")) if ln.strip()), "")
         open_brackets = _open_brackets(context.line_prefix) if context.multiline else []
         self._brackets = BracketScanner(open_brackets, LINE_COMMENT.get(context.language_id))
         self._block_end = block_end_for(context)
@@ -198,7 +205,10 @@ class CompletionStopper:
                 return
 
     def _check_whitespace_run(self) -> None:
-        """Cut the line being written where it runs on in whitespace (see the module doc)."""
+        """Cut the line being written where it runs on in whitespace (see the module doc).
+        Not inside a string or comment, where blanks are text (aligned tables)."""
+        if self._brackets.in_text:
+            return
         start = self._text.rfind("\n") + 1
         first = start == 0
         written = self._text[start:]
@@ -206,23 +216,23 @@ class CompletionStopper:
         offset = len(line) - len(written)  # where the generated part of `line` begins
         body = line.lstrip(" \t")
         if not body:
-            above = self.context.previous_line if first else self._last_nonblank_line(start)
+            # A continuation line may align with its open bracket, however far right.
+            if self._brackets.stack:
+                return
+            above = self._line_above if first else self._previous_line
             allowed = _indent_width(above) + MAX_EXTRA_INDENT
             if first:
                 allowed = max(allowed, _indent_width(self.context.line_prefix) + MAX_EXTRA_INDENT)
             if _indent_width(line) > allowed:
                 self._cut = start
             return
-        match = _INNER_SPACES.search(line, max(offset, len(line) - len(body)))
+        # Blanks typed before the cursor ("return |") count toward the run.
+        search_from = len(line) - len(body)
+        if first:
+            search_from = max(search_from, len(self.context.line_prefix.rstrip(" \t")))
+        match = _INNER_SPACES.search(line, search_from)
         if match is not None:
             self._cut = start + max(match.start() - offset, 0)
-
-    def _last_nonblank_line(self, end: int) -> str:
-        """The last non-blank line of the completion before offset `end`, else the cursor's."""
-        for line in reversed(self._text[:end].split("\n")):
-            if line.strip():
-                return line
-        return self.context.line_prefix
 
     def _check_duplicate_parameter(self) -> None:
         """On a `def` line, cut before the first parameter that repeats an earlier one's name.

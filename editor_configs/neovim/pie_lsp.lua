@@ -59,6 +59,23 @@ if not vim.g.pie_lsp_keep_highlight then
   vim.api.nvim_set_hl(0, 'ComplHintMore', { fg = '#5f5f5f', ctermfg = 240, italic = true })
 end
 
+-- Neovim's inline-completion state for a buffer (the item it draws, its request): 0.12 has no
+-- public call that reads it, so it is found as the upvalue `Completor` of get(). Where a later
+-- Neovim names things otherwise this finds nothing, and only what uses it here is lost.
+local function completor_of(bufnr)
+  local index = 1
+  while true do
+    local name, value = debug.getupvalue(vim.lsp.inline_completion.get, index)
+    if name == nil then
+      return nil
+    end
+    if name == 'Completor' and type(value) == 'table' and type(value.active) == 'table' then
+      return value.active[bufnr]
+    end
+    index = index + 1
+  end
+end
+
 -- The model loads for seconds after the server starts; requests made meanwhile get nothing,
 -- and Neovim asks again only after the next key. So say what is happening, and ask again for
 -- the focused buffer once the model is ready.
@@ -79,8 +96,14 @@ local function on_model_state(_, result, ctx)
       if client and client.id == ctx.client_id
         and vim.api.nvim_get_mode().mode:sub(1, 1) == 'i'
         and vim.lsp.inline_completion.is_enabled({ bufnr = bufnr }) then
-        -- Neovim's inline completion asks on CursorMovedI (after its 200 ms debounce).
-        vim.api.nvim_exec_autocmds('CursorMovedI', { modeline = false })
+        -- Its own debounced request, as a key would start it; where a later Neovim names
+        -- things otherwise, the CursorMovedI it asks on (which other plugins also hear).
+        local completor = completor_of(bufnr)
+        if completor and type(completor.automatic_request) == 'function' then
+          completor:automatic_request()
+        else
+          vim.api.nvim_exec_autocmds('CursorMovedI', { modeline = false })
+        end
       end
     end
     -- A failure comes as window/showMessage from the server, which Neovim shows itself.
@@ -178,23 +201,7 @@ local function apply_at_cursor(item)
   end
 end
 
--- The item Neovim draws, without accepting it: 0.12 has no public call for that (get() takes
--- the item), so it is read from the module's Completor, found as an upvalue of get(). Where a
--- later Neovim names things otherwise this finds nothing, and only the hiding below is lost.
-local function completor_of(bufnr)
-  local index = 1
-  while true do
-    local name, value = debug.getupvalue(vim.lsp.inline_completion.get, index)
-    if name == nil then
-      return nil
-    end
-    if name == 'Completor' and type(value) == 'table' and type(value.active) == 'table' then
-      return value.active[bufnr]
-    end
-    index = index + 1
-  end
-end
-
+-- The item Neovim draws, without accepting it (get() takes the item).
 local function drawn_item(bufnr)
   local completor = completor_of(bufnr)
   return completor and completor.current
@@ -266,12 +273,21 @@ end
 -- and fails ("Invalid 'col': out of range", a prompt that swallows the next keys) where the line
 -- is now shorter than that: after Enter, <BS>, <C-u> or moving to a shorter line. This autocmd
 -- is defined before Neovim's (which comes with the first attach), so it runs first, and forgets
--- an item that no longer holds before Neovim can draw it.
-local function forget_stale_item(bufnr)
+-- such an item before Neovim can draw it. Sourced again, or after something
+-- else turned inline completion on, it runs after Neovim's until the buffer's is made again.
+local function forget_unplaceable_item(bufnr)
   local completor = completor_of(bufnr)
   local item = completor and completor.current
   local client = pie_client(bufnr)
-  if item and client and item.client_id == client.id and not holds_at_cursor(item) then
+  if not (item and client and item.client_id == client.id and item.range) then
+    return
+  end
+  local row, col = item.range.start.row, item.range.start.col
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1]
+  -- Only an item Neovim can no longer place: one that merely stopped holding stays current,
+  -- so that a Tab typed ahead of this event still finds it and turns into a Tab
+  -- (apply_at_cursor); check_drawn hides it.
+  if line == nil or #line < col then
     completor.current = nil
     vim.api.nvim_buf_clear_namespace(bufnr, ghost_namespace, 0, -1)
   end
@@ -281,7 +297,7 @@ vim.api.nvim_create_autocmd({ 'CursorMovedI', 'TextChangedI' }, {
   group = vim.api.nvim_create_augroup('pie_lsp_stale_ghost', { clear = true }),
   callback = function(event)
     if vim.api.nvim_win_get_buf(0) == event.buf then
-      forget_stale_item(event.buf)
+      forget_unplaceable_item(event.buf)
     end
     schedule_check(event.buf)
   end,

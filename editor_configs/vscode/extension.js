@@ -71,6 +71,9 @@ function createClient(context) {
   };
   /** @type {import('vscode-languageclient/node').Middleware} */
   const middleware = {
+    // The ghost text already shows the suggestion: an item in the suggest menu showed it twice,
+    // and Enter after "(" or "," took it instead of breaking the line.
+    provideCompletionItem: () => [],
     provideInlineCompletionItems: async (document, position, inlineContext, token, next) => {
       const started = Date.now();
       const result = await next(document, position, inlineContext, token);

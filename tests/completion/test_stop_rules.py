@@ -180,7 +180,42 @@ def test_a_line_indented_far_past_the_one_above_is_cut_before_it() -> None:
     assert run(document, generated) == generated
 
 
+@pytest.mark.parametrize(
+    ("document", "generated"),
+    [
+        # Deep in a method: the line above is the cursor's, with the text before the cursor.
+        (
+            "class A:\n    def f(self, items):\n        for item in |\n",
+            "items:\n            print(item)",
+        ),
+        (
+            "class A:\n    def f(self, x):\n        |\n",
+            "if x:\n            return 1\n        return 2",
+        ),
+        # At column 0 on an empty line in a block: the last non-blank line above sets the depth.
+        ("def f(x):\n    if x:\n        y = 1\n\n|\n", "            return y"),
+        # A continuation line aligned with its open bracket.
+        ("def f(x, y):\n    |\n", "result = compute(x,\n                     y)"),
+        ("def f(x, y):\n    result = compute(x,|\n", "\n                     y)"),
+    ],
+)
+def test_code_indented_as_written_is_kept(document: str, generated: str) -> None:
+    assert run(document, generated) == generated
+
+
 def test_a_long_run_of_blanks_inside_a_line_is_cut_where_it_starts() -> None:
     assert run("x = |\n", "compute(1)" + " " * 20 + "# note") == "compute(1)"
-    # Alignment before a comment is shorter than that.
+    # Alignment before a comment is shorter than that, and blanks inside a string are text.
     assert run("x = |\n", "compute(1)    # note") == "compute(1)    # note"
+    assert run("x = |\n", '"a' + " " * 20 + 'b"') == '"a' + " " * 20 + 'b"'
+
+
+def test_blanks_after_the_blank_before_the_cursor_stop_decoding() -> None:
+    document = "def f(x):\n    return |\n"
+    cursor = document.index("|")
+    stopper = CompletionStopper(CursorContext.at(document.replace("|", ""), cursor, "python"))
+    pushed = 0
+    while stopper.push(" ") and pushed < 64:
+        pushed += 1
+    assert stopper.stopped and pushed < 16
+    assert stopper.finish() == ""

@@ -317,7 +317,8 @@ async def test_idle_refresh_makes_the_cache_exact_after_a_pause(client: Language
 async def test_completion_and_inline_requests_share_one_generation(
     client: LanguageClient,
 ) -> None:
-    """VS Code sends both at once on trigger characters: neither may cancel the other."""
+    """A client may send both at once (before it has asked for ghost text in the document, the
+    menu request is answered): neither may cancel the other."""
     uri = "file:///work/shared.py"
     open_document(client, uri, SOURCE)
     position = types.Position(line=CURSOR_LINE, character=4)
@@ -340,7 +341,7 @@ async def test_completion_and_inline_requests_share_one_generation(
 async def test_a_request_after_the_generation_at_its_place_ended_gets_its_answer(
     client: LanguageClient,
 ) -> None:
-    """VS Code's second request at a trigger character can come after the first has finished:
+    """A client's second request at a place can come after the first has finished there:
     the same document at the same place is answered without decoding again, even when the
     answer was empty; an edit or a settings change asks the model again."""
     uri = "file:///work/answered.py"
