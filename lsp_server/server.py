@@ -405,7 +405,8 @@ class PieLanguageServer(LanguageServer):
                 return typed.text
             answered = self._answered.get(uri)
             # A request at the place and version a generation has just answered (a client's
-            # second request there, when the first finished before it came) gets that answer, empty or not: decoding again would give the same.
+            # second request there, when the first finished before it came) gets that answer,
+            # empty or not: decoding again would give the same.
             here = (snapshot.version, offset, self._settings_epoch)
             if answered is not None and answered[:3] == here:
                 self._count(uri, "reused_answers")

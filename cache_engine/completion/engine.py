@@ -515,11 +515,11 @@ class CompletionEngine:
                     # is no edit: recording it would hide the last real one from the stats.
                     if edits:
                         caches.stats.record_edit(stats)
-                    if edits and stats.strategy == "pie" and settings.refresh_after_edit:
-                        for refreshed in refresh_after_edits(
-                            cache, edits, settings.refresh_after_edit
-                        ):
-                            caches.stats.record_refresh(refreshed)
+                        if stats.strategy == "pie" and settings.refresh_after_edit:
+                            for refreshed in refresh_after_edits(
+                                cache, edits, settings.refresh_after_edit
+                            ):
+                                caches.stats.record_refresh(refreshed)
                     self._record_state(caches, region)
                     return
                 log.error(

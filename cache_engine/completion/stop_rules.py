@@ -120,7 +120,7 @@ class CompletionStopper:
         self._previous_line = context.previous_line
         # The last non-blank line above the cursor's: the indentation a new line is held to.
         above = context.syntax_prefix[: len(context.syntax_prefix) - len(context.line_prefix)]
-        self._line_above = next((ln for ln in reversed(above.split("\n")) if ln.strip()), "")
+        self._line_above = _last_nonblank_line(above)
         open_brackets = _open_brackets(context.line_prefix) if context.multiline else []
         self._brackets = BracketScanner(open_brackets, LINE_COMMENT.get(context.language_id))
         self._block_end = block_end_for(context)
@@ -443,6 +443,17 @@ def _first_nonblank_line(text: str) -> str:
     for line in text.splitlines()[:50]:
         if line.strip():
             return line.strip()
+    return ""
+
+
+def _last_nonblank_line(text: str) -> str:
+    """Read from the end, line by line: `text` may be a long statement's whole prefix."""
+    end = len(text)
+    while end > 0:
+        start = text.rfind("\n", 0, end) + 1
+        if text[start:end].strip():
+            return text[start:end]
+        end = start - 1
     return ""
 
 

@@ -273,8 +273,8 @@ end
 -- and fails ("Invalid 'col': out of range", a prompt that swallows the next keys) where the line
 -- is now shorter than that: after Enter, <BS>, <C-u> or moving to a shorter line. This autocmd
 -- is defined before Neovim's (which comes with the first attach), so it runs first, and forgets
--- such an item before Neovim can draw it. Sourced again, or after something
--- else turned inline completion on, it runs after Neovim's until the buffer's is made again.
+-- such an item before Neovim can draw it. Sourced again, or after something else turned inline
+-- completion on, it runs after Neovim's until the buffer's is made again.
 local function forget_unplaceable_item(bufnr)
   local completor = completor_of(bufnr)
   local item = completor and completor.current

@@ -565,6 +565,16 @@ def test_keys_that_do_not_match_hide_the_ghost_text_at_once(nvim, tmp_path) -> N
     assert seen_new, "no ghost text came after the key"
 
 
+def type_on_without_an_error(nvim, row: int) -> None:
+    """Two more keys land on line `row` (0-based) or below it, and neither they nor Neovim's
+    redraws raise an error: the "Invalid 'col'" prompt swallowed keys typed after it."""
+    nvim.input("ab")
+    wait_until(lambda: any("ab" in text for text in nvim.current.buffer[row:]), 30, "the next keys")
+    time.sleep(0.5)  # through Neovim's 200 ms debounce and the redraws after it
+    assert nvim.exec_lua("return vim.v.errmsg", []) == ""
+    assert "Invalid 'col'" not in nvim.exec_lua("return vim.fn.execute('messages')", [])
+
+
 @pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
 @pytest.mark.parametrize("keys", ["<C-u>", "<BS><BS><BS><BS>"])
 def test_keys_that_shorten_the_line_under_the_ghost_text_raise_no_error(
@@ -578,11 +588,7 @@ def test_keys_that_shorten_the_line_under_the_ghost_text_raise_no_error(
     before = nvim.current.buffer[:]
     nvim.input(keys)
     wait_until(lambda: nvim.current.buffer[:] != before, 30, keys)
-    nvim.input("ab")
-    wait_until(lambda: "ab" in "".join(nvim.current.buffer[line - 1 :]), 30, "the next keys")
-    time.sleep(0.5)  # through Neovim's 200 ms debounce and the redraws after it
-    assert nvim.exec_lua("return vim.v.errmsg", []) == ""
-    assert "Invalid 'col'" not in nvim.exec_lua("return vim.fn.execute('messages')", [])
+    type_on_without_an_error(nvim, line - 1)
 
 
 @pytest.mark.parametrize("nvim", ["tiny"], indirect=True)
@@ -664,17 +670,23 @@ return ns and #vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {}) or 0
 """
 
 
-def at_the_bottom_after_the_first_answer(nvim, tmp_path: Path) -> tuple[int, int]:
-    """SOURCE open, the cursor on its last line (the window's bottom) in insert mode, after
-    the server's first answer there; returns the cursor (row 0-based, column)."""
-    path = tmp_path / "bottom.py"
+def first_answer_after(nvim, tmp_path: Path, name: str, keys: str) -> None:
+    """SOURCE open as `name`, the model ready, `keys` typed, and the server's first answer
+    after them in. Later answers would replace one the test gives; none come without
+    another key."""
+    path = tmp_path / name
     path.write_text(SOURCE)
     open_and_wait(nvim, path)
     nvim.exec_lua(RECORD_RESPONSES, [])
     wait_ready(nvim)
-    nvim.input("GA")
-    # Later answers would replace the one the test gives; none come without another key.
+    nvim.input(keys)
     wait_until(lambda: nvim.exec_lua("return #_G.pie_received", []), 120, "the first answer")
+
+
+def at_the_bottom_after_the_first_answer(nvim, tmp_path: Path) -> tuple[int, int]:
+    """SOURCE open, the cursor on its last line (the window's bottom) in insert mode, after
+    the server's first answer there; returns the cursor (row 0-based, column)."""
+    first_answer_after(nvim, tmp_path, "bottom.py", "GA")
     # Whatever the tiny model answered (several lines would scroll), start from its drawing
     # gone and the cursor's line at the window's bottom.
     nvim.exec_lua(
@@ -723,13 +735,7 @@ def test_an_answer_for_a_place_the_cursor_has_left_is_not_drawn(terminal_nvim, t
 def test_enter_on_an_auto_indented_line_under_ghost_text_raises_no_error(nvim, tmp_path) -> None:
     """Enter on a line that holds only its auto-indent takes the indent away: the line is then
     shorter than the column the ghost text was drawn at, which Neovim's own redraw failed on."""
-    path = tmp_path / "indented.py"
-    path.write_text(SOURCE)
-    open_and_wait(nvim, path)
-    nvim.exec_lua(RECORD_RESPONSES, [])
-    wait_ready(nvim)
-    nvim.input("GAif value:<CR>")
-    wait_until(lambda: nvim.exec_lua("return #_G.pie_received", []), 120, "the answer there")
+    first_answer_after(nvim, tmp_path, "indented.py", "GAif value:<CR>")
     row, col = nvim.current.window.cursor
     assert nvim.current.buffer[row - 1] == " " * col and col == 8
     nvim.exec_lua(ANSWER, "return value", row - 1, col)
@@ -738,8 +744,4 @@ def test_enter_on_an_auto_indented_line_under_ghost_text_raises_no_error(nvim, t
     nvim.input("<CR>")
     wait_until(lambda: len(nvim.current.buffer) > row, 30, "Enter")
     assert nvim.current.buffer[row - 1] == ""
-    nvim.input("ab")
-    wait_until(lambda: "ab" in nvim.current.buffer[row], 30, "the next keys")
-    time.sleep(0.5)  # through Neovim's 200 ms debounce and the redraws after it
-    assert nvim.exec_lua("return vim.v.errmsg", []) == ""
-    assert "Invalid 'col'" not in nvim.exec_lua("return vim.fn.execute('messages')", [])
+    type_on_without_an_error(nvim, row)
