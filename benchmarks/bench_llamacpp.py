@@ -87,8 +87,9 @@ from benchmarks.bench_edit_latency import QWEN_05B_SHAPE, document_ids, shaped_m
 from benchmarks.machine import load_average, machine_record, streaming_read_bandwidth
 from cache_engine.completion.prompt_layout import FimMarkers, assemble
 from cache_engine.completion.settings import CompletionSettings
+from cache_engine.completion.speculation import RecalledDraft
 from cache_engine.completion.stale_refresh import refresh_after_edits, refresh_before_decoding
-from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.kv.editable_cache import Drafter, EditableCache
 from cache_engine.kv.token_edits import TokenEdit, apply_to_ids
 from cache_engine.model.loading import load_model
 
@@ -112,13 +113,16 @@ GGML_LOG_LEVEL_ERROR = 4
 SIMPLIFICATIONS = [
     "token level only: no text diffing, tokenizer, HTTP, JSON or debounce on either side",
     "greedy decoding of exactly 24 tokens on both sides: no sampler chain, stop rules or "
-    "speculative drafting (random weights make n-gram drafts meaningless)",
+    "drafts from the document (random weights make n-gram drafts meaningless); one pie-lsp row "
+    "per far edit drafts from the ghost text made at the cursor before the edit, as "
+    "CompletionEngine does when asked at the same place again (completion/recall.py)",
     "one typed character is one inserted token at the cursor",
     "no llama.vim extra-context chunks and no <|repo_name|>/<|file_sep|> markers before [FIM_PRE]",
     "both engines get the same whole-document prompt; llama-server would trim the suffix to "
     "n_batch/4 - 2 - (current line) tokens and the prefix to 3/4 n_batch",
     "the typed token never matches the suggestion shown, so neither llama.vim's completion "
-    "cache nor pie-lsp's forward typing answers without the model",
+    "cache nor pie-lsp's forward typing answers without the model; llama.vim's cache is keyed "
+    "on the 256 lines above the cursor (n_prefix), which hold the far edit, so it misses there",
     "KV cache in f32 on both sides (llama-server's default is f16) so that logits can be "
     "checked and the caches read the same bytes",
     "llama.cpp's flash attention is off in the timed runs unless --flash-attn says otherwise "
@@ -728,8 +732,11 @@ class CaseBuilder:
         run: Callable[[EditableCache], np.ndarray | None],
         *,
         generate: bool = False,
+        draft: Callable[[EditableCache], Drafter] | None = None,
         per: int = 1,
     ) -> Case:
+        """`run` edits a clone of `base` and returns next-token logits; with `generate` the
+        ghost text is decoded after it, verifying `draft(cache)`'s drafts if given."""
         counter = self.counter
 
         def prepare() -> Callable[[], Outcome]:
@@ -739,7 +746,10 @@ class CaseBuilder:
                 before = counter.tokens
                 logits = run(cache)
                 tokens_run = counter.tokens - before
-                generated = cache.generate(GHOST_TEXT_TOKENS, _keep_generating) if generate else []
+                generated = []
+                if generate:
+                    drafter = draft(cache) if draft is not None else None
+                    generated = cache.generate(GHOST_TEXT_TOKENS, _keep_generating, draft=drafter)
                 return Outcome(logits, tokens_run, generated)
 
             return timed
@@ -772,7 +782,8 @@ def build_cases(
     llama_prompt = context.save_main_sequence()
     pie_prompt = EditableCache(model, strategy="pie", initial_capacity=capacity + len(prompt))
     pie_prompt.reset(prompt)
-    pie_prompt.generate(GHOST_TEXT_TOKENS, _keep_generating)
+    # What pie-lsp showed at the cursor before the edit: CompletionEngine recalls it there.
+    shown = pie_prompt.generate(GHOST_TEXT_TOKENS, _keep_generating)
     facts["document_tokens"] = len(document)
     facts["prompt_tokens"] = len(prompt)
     facts["cursor_document_token"] = workload.cursor
@@ -949,6 +960,19 @@ def build_cases(
                 generate=True,
             )
         )
+        if edit.start - 1 != workload.cursor:  # a far edit: the cursor's place is unchanged
+            group.append(
+                builder.pie_lsp(
+                    section,
+                    scenario,
+                    "pie-lsp defaults, drafting from the ghost text shown there before the edit",
+                    pie_prompt,
+                    "pie",
+                    pie_lsp(settings),
+                    generate=True,
+                    draft=lambda cache: RecalledDraft(shown, len(cache)),
+                )
+            )
         groups.append(group)
     return groups, facts
 
@@ -1205,7 +1229,7 @@ def main(argv: list[str] | None = None) -> None:
             "kv_cache_dtype": str(next(model.parameters()).dtype),
             # EditableCache picks its own forward pass (a lean step or the transformers forward).
             "forward_path": forward_path,
-            "note": "speculative_tokens is 0 for the comparison (see simplifications)",
+            "note": "no drafts but the recalled ghost text in its own rows (see simplifications)",
         },
         "floor": {
             "weight_bytes_per_decode_step": weight_bytes,

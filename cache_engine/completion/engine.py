@@ -40,7 +40,7 @@ from cache_engine.completion.prompt_layout import (
 )
 from cache_engine.completion.regions import DocumentCaches, PromptRegion
 from cache_engine.completion.settings import MODEL_CALIBRATED, CompletionSettings, SettingsError
-from cache_engine.completion.speculation import PromptLookup
+from cache_engine.completion.speculation import PromptLookup, RecalledDraft
 from cache_engine.completion.stale_refresh import refresh_after_edits, refresh_before_decoding
 from cache_engine.completion.stats import DocumentStats
 from cache_engine.completion.stop_rules import (
@@ -227,9 +227,11 @@ class CompletionEngine:
                 return Completion("", "none", "cancelled")
             context = CursorContext.at(snapshot.text, cursor, snapshot.language_id)
             gate = self.confidence_gate(settings)
-            text, generated, reason, confidence = self._decode(
-                region, context, settings, gate, should_stop, caches.stats
+            recalled = caches.recall.recall(snapshot.text, cursor)
+            text, generated, reason, confidence, ids = self._decode(
+                region, context, settings, gate, should_stop, caches.stats, recalled
             )
+            caches.recall.remember(snapshot.text, cursor, ids)
         except Exception:
             # Whatever state the cache was left in, the next completion starts from scratch.
             if region is not None:
@@ -566,11 +568,13 @@ class CompletionEngine:
         gate: ConfidenceGate,
         should_stop: Callable[[], bool],
         stats: DocumentStats,
-    ) -> tuple[str, int, str, float | None]:
-        """(completion text, tokens generated, why decoding stopped, its confidence)."""
+        recalled: Sequence[int] = (),
+    ) -> tuple[str, int, str, float | None, list[int]]:
+        """(completion text, tokens generated, why decoding stopped, its confidence, the ids
+        generated). `recalled`: the ids generated at this place before, to draft from."""
         cache = region.cache
         if cache is None or len(cache) == 0:
-            return "", 0, "empty prompt", None
+            return "", 0, "empty prompt", None, []
         healed = region.prompt.healed if region.prompt is not None else ""
         heal_bytes = len(healed.encode("utf-8"))
         stopper = CompletionStopper(context)
@@ -613,11 +617,16 @@ class CompletionEngine:
                 return False
             return suggested < settings.max_new_tokens
 
-        draft = PromptLookup(settings.speculative_tokens) if settings.speculative_tokens else None
+        draft: RecalledDraft | None = None
+        if settings.speculative_tokens:
+            lookup = PromptLookup(settings.speculative_tokens)
+            draft = RecalledDraft(recalled, len(cache), lookup)
+            if recalled:
+                stats.recalled_drafts += 1
         constraint = self.healer.constraint(healed)
         # Each healing token spells at least one byte of the healed text.
         limit = settings.max_new_tokens + heal_bytes
-        cache.generate(limit, on_token, draft=draft, constraint=constraint)
+        ids = cache.generate(limit, on_token, draft=draft, constraint=constraint)
         if draft is not None:
             stats.speculative_drafted_total += draft.drafted
             stats.speculative_accepted_total += draft.accepted
@@ -625,7 +634,7 @@ class CompletionEngine:
         if reason == "cancelled":
             # What is ready up to a line boundary still serves the user typing along it.
             kept = kept[: kept.rfind("\n")] if "\n" in kept else ""
-        return kept, generated, reason, tracker.confidence(kept)
+        return kept, generated, reason, tracker.confidence(kept), ids
 
     def _count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cache_engine.completion.prompt_layout import FimLayout, PromptText
+from cache_engine.completion.recall import CompletionRecall
 from cache_engine.completion.stats import DocumentStats
 from cache_engine.kv.editable_cache import EditableCache
 
@@ -44,10 +45,12 @@ class PromptRegion:
 
 @dataclass
 class DocumentCaches:
-    """What the worker keeps for one document: its regions, least recently used first."""
+    """What the worker keeps for one document: its regions, least recently used first, and
+    what was generated at its recent places."""
 
     stats: DocumentStats = field(default_factory=DocumentStats)
     regions: list[PromptRegion] = field(default_factory=list)
+    recall: CompletionRecall = field(default_factory=CompletionRecall)
     next_id: int = 0
 
     def new_region(self) -> PromptRegion:

@@ -1,4 +1,5 @@
-"""Drafts for lossless speculative decoding, looked up in the document itself.
+"""Drafts for lossless speculative decoding: looked up in the document itself, or recalled from
+an earlier completion at the same place (`RecalledDraft`).
 
 Code repeats itself: names, call patterns, whole lines. The next few tokens are drafted from the
 most recent earlier place where the last few tokens (prompt or generated) occurred, and the
@@ -129,3 +130,49 @@ class PromptLookup:
             self._length = min(self.draft_tokens, length + 2)
         else:
             self._length = max(1, length - 1)
+
+
+# A recalled continuation is drafted whole, up to one verify pass of the compiled CPU step
+# (`kv.llama_step.COMPILED_MAX_ROWS` rows: the step's own token and 31 drafted).
+RECALL_DRAFT_TOKENS = 31
+
+
+@dataclass
+class RecalledDraft:
+    """Drafts the rest of `recalled`, the ids generated at the same place before
+    (`recall.CompletionRecall`), while this generation agrees with them; `lookup` drafts
+    the rest of the time. The generation starts after the first `prompt_length` ids.
+
+    A recalled continuation is drafted whole rather than a few tokens at a time: it was the
+    model's own output at this place, so it is usually kept whole, and each pass spent growing
+    a short draft would read all the weights again.
+    """
+
+    recalled: Sequence[int]
+    prompt_length: int
+    lookup: PromptLookup | None = None
+    draft_tokens: int = RECALL_DRAFT_TOKENS
+    drafted: int = 0
+    accepted: int = 0
+    _from_lookup: bool = field(default=False, repr=False)
+
+    def __call__(self, ids: Sequence[int]) -> list[int]:
+        generated = ids[self.prompt_length :]
+        done = len(generated)
+        if done < len(self.recalled) and list(generated) == list(self.recalled[:done]):
+            self._from_lookup = False
+            follow = list(self.recalled[done : done + self.draft_tokens])
+            self.drafted += len(follow)
+            return follow
+        self._from_lookup = True
+        if self.lookup is None:
+            return []
+        before = self.lookup.drafted
+        follow = self.lookup(ids)
+        self.drafted += self.lookup.drafted - before
+        return follow
+
+    def record(self, accepted: int, verified: int) -> None:
+        self.accepted += accepted
+        if self._from_lookup and self.lookup is not None:
+            self.lookup.record(accepted, verified)

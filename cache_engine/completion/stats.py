@@ -30,6 +30,7 @@ class DocumentStats:
     last_refresh_seconds: float | None = None
     speculative_drafted_total: int = 0
     speculative_accepted_total: int = 0
+    recalled_drafts: int = 0  # completions that drafted from one made at the same place before
     below_confidence_gate: int = 0  # suggestions the confidence gate did not show
 
     def record_edit(self, stats: EditStats) -> None:

@@ -376,3 +376,31 @@ def test_drafts_verified_in_the_compiled_pass_or_torch_give_the_plain_suggestion
         drafted.append(engine.stats(URI)[URI]["speculative_drafted_total"])
     assert drafted[0] > 0 and drafted[1] == 0
     assert suggestions[0] == suggestions[1]
+
+
+def test_after_a_far_edit_the_earlier_completion_there_is_the_draft(loaded_random_model) -> None:
+    cursor = SOURCE.index("    return value", SOURCE.index("helper_30")) + len("    return value")
+    far = SOURCE.index("def helper_2(")
+    comment = "# a note typed far above\n"
+    results = []
+    for speculative_tokens in (8, 0):
+        settings = CompletionSettings(
+            max_new_tokens=24, max_prompt_tokens=1024, speculative_tokens=speculative_tokens
+        )
+        engine = CompletionEngine(loaded_random_model, settings)
+        engine.open_document(URI, SOURCE, 1, "python")
+        first = engine.complete(URI, cursor)
+        before = engine.stats(URI)[URI]
+        engine.change_document(URI, 2, [TextChange(far, far, comment)])
+        again = engine.complete(URI, cursor + len(comment))
+        stats = engine.stats(URI)[URI]
+        results.append((first.text, again.text, again.tokens_generated))
+        assert stats["last_edit"]["tokens_moved"] > 0  # the far edit is inside the prompt
+        if speculative_tokens:
+            assert stats["recalled_drafts"] == 1
+            drafted = stats["speculative_drafted_total"] - before["speculative_drafted_total"]
+            accepted = stats["speculative_accepted_total"] - before["speculative_accepted_total"]
+            assert drafted == accepted > 0  # the earlier tokens, kept whole
+        else:
+            assert stats["recalled_drafts"] == stats["speculative_drafted_total"] == 0
+    assert results[0] == results[1]

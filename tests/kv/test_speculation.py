@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cache_engine.completion.speculation import PromptLookup
+from cache_engine.completion.speculation import PromptLookup, RecalledDraft
 from cache_engine.kv.editable_cache import EditableCache
 from tests.model_factory import tiny_model
 
@@ -91,6 +91,40 @@ def test_speculation_respects_capacity_and_growth(llama) -> None:
     assert len(bounded) == 11
     draft = PromptLookup(draft_tokens=8)
     assert decode(llama, prompt, 50, draft=draft, max_capacity=len(prompt) + 10) == bounded
+
+
+def test_a_recalled_continuation_is_kept_whole_in_one_pass(llama) -> None:
+    prompt = repetitive_prompt(11)
+    plain = decode(llama, prompt, 20)
+    recalled = RecalledDraft(plain, len(prompt), PromptLookup(draft_tokens=6))
+    cache = EditableCache(llama, strategy="pie")
+    cache.reset(prompt)
+    passes = []
+    forward = cache._forward
+
+    def counted(ids, *args, **kwargs):
+        passes.append(len(ids))
+        return forward(ids, *args, **kwargs)
+
+    cache._forward = counted
+    cache._bound_pass = lambda: None  # every pass through _forward, where it is counted
+    assert cache.generate(20, lambda token, log_prob: True, draft=recalled) == plain
+    # The prompt's logits give the first token; one pass of it and the 19 drafted after it
+    # keeps them all.
+    assert passes == [20]
+    assert (recalled.drafted, recalled.accepted) == (19, 19)
+
+
+def test_a_recall_that_no_longer_holds_falls_back_to_the_lookup(llama) -> None:
+    prompt = repetitive_prompt(12)
+    plain = decode(llama, prompt, 30)
+    changed = [*plain[:4], (plain[4] + 1) % 160, *plain[5:]]
+    lookup = PromptLookup(draft_tokens=6)
+    recalled = RecalledDraft(changed, len(prompt), lookup)
+    assert decode(llama, prompt, 30, draft=recalled) == plain
+    assert recalled.accepted >= 3  # the agreeing start of the recall
+    assert lookup.drafted > 0 and recalled.drafted >= lookup.drafted
+    assert RecalledDraft((), len(prompt))(prompt + plain[:1]) == []
 
 
 def test_prompt_lookup_drafts_what_followed_the_latest_match() -> None:
