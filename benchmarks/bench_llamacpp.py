@@ -516,6 +516,7 @@ class Outcome:
     logits: np.ndarray | None
     tokens_run: int  # tokens through the model before decoding the ghost text
     generated: list[int] = field(default_factory=list)
+    draft: Drafter | None = None  # what drafted while decoding, with its counts
 
 
 @dataclass
@@ -556,6 +557,14 @@ class Case:
             "min_ms": min(self.seconds) * 1000,
             "samples_ms": [s * 1000 for s in self.seconds],
             "tokens_run": self.first.tokens_run,
+            **(
+                {
+                    "drafted_tokens": getattr(self.first.draft, "drafted", None),
+                    "kept_tokens": getattr(self.first.draft, "accepted", None),
+                }
+                if self.first.draft is not None
+                else {}
+            ),
         }
 
 
@@ -747,10 +756,10 @@ class CaseBuilder:
                 logits = run(cache)
                 tokens_run = counter.tokens - before
                 generated = []
+                drafter = draft(cache) if generate and draft is not None else None
                 if generate:
-                    drafter = draft(cache) if draft is not None else None
                     generated = cache.generate(GHOST_TEXT_TOKENS, _keep_generating, draft=drafter)
-                return Outcome(logits, tokens_run, generated)
+                return Outcome(logits, tokens_run, generated, drafter)
 
             return timed
 

@@ -358,6 +358,10 @@ local function stats_summary(result, uri)
     n('tokens_cached'), n('exact_tokens'), n('regions'), n('cache_bytes') / 2 ^ 20,
     seconds and ('%.0f ms'):format(seconds * 1000) or '-'
   ))
+  table.insert(out, ('decoding: %d of %d drafted tokens kept; %d completions drafted from the '
+    .. 'one made at the same place before'):format(
+    n('speculative_accepted_total'), n('speculative_drafted_total'), n('recalled_drafts')
+  ))
   local edit = type(doc.last_edit) == 'table' and doc.last_edit or nil
   if edit then
     table.insert(out, ('last edit (%s): %d tokens encoded, %d moved, %d reused, %.0f ms'):format(

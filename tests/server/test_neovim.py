@@ -638,6 +638,7 @@ def test_stats_command_sums_up_the_buffer(nvim, tmp_path) -> None:
     )
     assert "strategy pie" in summary and "(ready)" in summary, summary
     assert "completions" in summary and "shown" in summary and "cache:" in summary, summary
+    assert "drafted tokens kept" in summary, summary
     # The tests' settings set both to 0, which the summary names instead of the settings' -1.
     assert "gate in force: minConfidence 0, minTokenProb 0" in summary, summary
 
