@@ -132,8 +132,10 @@ class PromptLookup:
             self._length = max(1, length - 1)
 
 
-# A recalled continuation is drafted whole, up to one verify pass of the compiled CPU step
-# (`kv.llama_step.COMPILED_MAX_ROWS` rows: the step's own token and 31 drafted).
+# A recalled continuation is drafted in two passes: a first few tokens, then, once those are kept
+# whole, the rest up to one verify pass of the compiled CPU step (`kv.llama_step.COMPILED_MAX_ROWS`
+# rows: the step's own token and 31 drafted).
+RECALL_FIRST_DRAFT = 8
 RECALL_DRAFT_TOKENS = 31
 
 
@@ -143,25 +145,32 @@ class RecalledDraft:
     (`recall.CompletionRecall`), while this generation agrees with them; `lookup` drafts
     the rest of the time. The generation starts after the first `prompt_length` ids.
 
-    A recalled continuation is drafted whole rather than a few tokens at a time: it was the
-    model's own output at this place, so it is usually kept whole, and each pass spent growing
-    a short draft would read all the weights again.
+    A recalled continuation was the model's own output at this place, so it is usually kept
+    whole, and each pass spent growing a short draft reads all the weights again. But a
+    drafted row is not free where the products are large: on the 0.5B shape a pass of 24 rows
+    cost about nine one-token steps (`benchmarks/bench_llamacpp.py`, where random weights
+    changed their output after the edit). So the first draft is `first_draft` tokens, which
+    bounds what a recall that no longer holds wastes, and once it is kept whole the next one
+    takes the rest, up to `draft_tokens`.
     """
 
     recalled: Sequence[int]
     prompt_length: int
     lookup: PromptLookup | None = None
+    first_draft: int = RECALL_FIRST_DRAFT
     draft_tokens: int = RECALL_DRAFT_TOKENS
     drafted: int = 0
     accepted: int = 0
     _from_lookup: bool = field(default=False, repr=False)
+    _confirmed: bool = field(default=False, repr=False)
 
     def __call__(self, ids: Sequence[int]) -> list[int]:
         generated = ids[self.prompt_length :]
         done = len(generated)
         if done < len(self.recalled) and list(generated) == list(self.recalled[:done]):
             self._from_lookup = False
-            follow = list(self.recalled[done : done + self.draft_tokens])
+            length = self.draft_tokens if self._confirmed else self.first_draft
+            follow = list(self.recalled[done : done + length])
             self.drafted += len(follow)
             return follow
         self._from_lookup = True
@@ -174,5 +183,8 @@ class RecalledDraft:
 
     def record(self, accepted: int, verified: int) -> None:
         self.accepted += accepted
-        if self._from_lookup and self.lookup is not None:
-            self.lookup.record(accepted, verified)
+        if self._from_lookup:
+            if self.lookup is not None:
+                self.lookup.record(accepted, verified)
+        elif verified and accepted >= verified:
+            self._confirmed = True

@@ -93,10 +93,10 @@ def test_speculation_respects_capacity_and_growth(llama) -> None:
     assert decode(llama, prompt, 50, draft=draft, max_capacity=len(prompt) + 10) == bounded
 
 
-def test_a_recalled_continuation_is_kept_whole_in_one_pass(llama) -> None:
+def test_a_recalled_continuation_is_kept_in_two_passes(llama) -> None:
     prompt = repetitive_prompt(11)
     plain = decode(llama, prompt, 20)
-    recalled = RecalledDraft(plain, len(prompt), PromptLookup(draft_tokens=6))
+    recalled = RecalledDraft(plain, len(prompt), PromptLookup(draft_tokens=6), first_draft=5)
     cache = EditableCache(llama, strategy="pie")
     cache.reset(prompt)
     passes = []
@@ -109,10 +109,10 @@ def test_a_recalled_continuation_is_kept_whole_in_one_pass(llama) -> None:
     cache._forward = counted
     cache._bound_pass = lambda: None  # every pass through _forward, where it is counted
     assert cache.generate(20, lambda token, log_prob: True, draft=recalled) == plain
-    # The prompt's logits give the first token; one pass of it and the 19 drafted after it
-    # keeps them all.
-    assert passes == [20]
-    assert (recalled.drafted, recalled.accepted) == (19, 19)
+    # The prompt's logits give the first token. The first pass verifies 5 drafted tokens after
+    # it and gives the seventh; the second verifies the 13 after that.
+    assert passes == [1 + 5, 1 + 13]
+    assert (recalled.drafted, recalled.accepted) == (18, 18)
 
 
 def test_a_recall_that_no_longer_holds_falls_back_to_the_lookup(llama) -> None:
@@ -120,9 +120,9 @@ def test_a_recall_that_no_longer_holds_falls_back_to_the_lookup(llama) -> None:
     plain = decode(llama, prompt, 30)
     changed = [*plain[:4], (plain[4] + 1) % 160, *plain[5:]]
     lookup = PromptLookup(draft_tokens=6)
-    recalled = RecalledDraft(changed, len(prompt), lookup)
+    recalled = RecalledDraft(changed, len(prompt), lookup, first_draft=3)
     assert decode(llama, prompt, 30, draft=recalled) == plain
-    assert recalled.accepted >= 3  # the agreeing start of the recall
+    assert recalled.accepted >= 3  # the agreeing start of the recall, kept in its first pass
     assert lookup.drafted > 0 and recalled.drafted >= lookup.drafted
     assert RecalledDraft((), len(prompt))(prompt + plain[:1]) == []
 
