@@ -89,7 +89,7 @@ from cache_engine.completion.prompt_layout import FimMarkers, assemble
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.completion.speculation import RecalledDraft
 from cache_engine.completion.stale_refresh import refresh_after_edits, refresh_before_decoding
-from cache_engine.kv.editable_cache import Drafter, EditableCache
+from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit, apply_to_ids
 from cache_engine.model.loading import load_model
 
@@ -516,7 +516,7 @@ class Outcome:
     logits: np.ndarray | None
     tokens_run: int  # tokens through the model before decoding the ghost text
     generated: list[int] = field(default_factory=list)
-    draft: Drafter | None = None  # what drafted while decoding, with its counts
+    draft: RecalledDraft | None = None  # what drafted while decoding, with its counts
 
 
 @dataclass
@@ -559,8 +559,8 @@ class Case:
             "tokens_run": self.first.tokens_run,
             **(
                 {
-                    "drafted_tokens": getattr(self.first.draft, "drafted", None),
-                    "kept_tokens": getattr(self.first.draft, "accepted", None),
+                    "drafted_tokens": self.first.draft.drafted,
+                    "kept_tokens": self.first.draft.accepted,
                 }
                 if self.first.draft is not None
                 else {}
@@ -741,7 +741,7 @@ class CaseBuilder:
         run: Callable[[EditableCache], np.ndarray | None],
         *,
         generate: bool = False,
-        draft: Callable[[EditableCache], Drafter] | None = None,
+        draft: Callable[[EditableCache], RecalledDraft] | None = None,
         per: int = 1,
     ) -> Case:
         """`run` edits a clone of `base` and returns next-token logits; with `generate` the
@@ -969,12 +969,12 @@ def build_cases(
                 generate=True,
             )
         )
-        if edit.start - 1 != workload.cursor:  # a far edit: the cursor's place is unchanged
+        if scenario.startswith("(a) far edit"):  # the cursor's place is unchanged
             group.append(
                 builder.pie_lsp(
                     section,
                     scenario,
-                    "pie-lsp defaults, drafting from the ghost text shown there before the edit",
+                    "pie-lsp defaults, drafting only from the ghost text shown there before the edit",
                     pie_prompt,
                     "pie",
                     pie_lsp(settings),

@@ -621,8 +621,6 @@ class CompletionEngine:
         if settings.speculative_tokens:
             lookup = PromptLookup(settings.speculative_tokens)
             draft = RecalledDraft(recalled, len(cache), lookup)
-            if recalled:
-                stats.recalled_drafts += 1
         constraint = self.healer.constraint(healed)
         # Each healing token spells at least one byte of the healed text.
         limit = settings.max_new_tokens + heal_bytes
@@ -630,6 +628,7 @@ class CompletionEngine:
         if draft is not None:
             stats.speculative_drafted_total += draft.drafted
             stats.speculative_accepted_total += draft.accepted
+            stats.recalled_drafts += draft.recalled_tokens > 0
         kept = stopper.finish()
         if reason == "cancelled":
             # What is ready up to a line boundary still serves the user typing along it.

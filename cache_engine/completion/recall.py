@@ -26,9 +26,9 @@ Place = tuple[str, str]
 
 def place_at(text: str, cursor: int) -> Place:
     """The key of the place at str offset `cursor`."""
-    return text[max(0, cursor - PLACE_CHARS_BEFORE) : cursor], text[
-        cursor : cursor + PLACE_CHARS_AFTER
-    ]
+    before = text[max(0, cursor - PLACE_CHARS_BEFORE) : cursor]
+    after = text[cursor : cursor + PLACE_CHARS_AFTER]
+    return before, after
 
 
 class CompletionRecall:
@@ -52,6 +52,7 @@ class CompletionRecall:
         return generated
 
     def remember(self, text: str, cursor: int, generated: Sequence[int]) -> None:
+        """Keep what was generated at this place (nothing: forget the place)."""
         place = place_at(text, cursor)
         if not generated:
             self._generated.pop(place, None)

@@ -53,8 +53,9 @@ class CompletionSettings:
     # only what changed; 1 keeps a single window that follows the cursor.
     max_regions: int = 4
     mid_line: MidLine = "closing"
-    # Tokens drafted from the document per decoding pass and verified at once (0: off); the
-    # output equals plain greedy decoding.
+    # Tokens drafted from the document per decoding pass and verified at once (0: off, and no
+    # drafts from the completion made at the same place before either); the output equals plain
+    # greedy decoding.
     speculative_tokens: int = 8
     # Back the prompt up over its last token and let the model re-create it (token healing).
     heal_tokens: bool = True

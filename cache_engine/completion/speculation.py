@@ -132,8 +132,8 @@ class PromptLookup:
             self._length = max(1, length - 1)
 
 
-# A recalled continuation is drafted in two passes: a first few tokens, then, once those are kept
-# whole, the rest up to one verify pass of the compiled CPU step (`kv.llama_step.COMPILED_MAX_ROWS`
+# A recalled continuation is drafted in growing passes: 8 tokens, then twice as many after each
+# one kept whole, up to one verify pass of the compiled CPU step (`kv.llama_step.COMPILED_MAX_ROWS`
 # rows: the step's own token and 31 drafted).
 RECALL_FIRST_DRAFT = 8
 RECALL_DRAFT_TOKENS = 31
@@ -149,9 +149,13 @@ class RecalledDraft:
     whole, and each pass spent growing a short draft reads all the weights again. But a
     drafted row is not free where the products are large: on the 0.5B shape a pass of 24 rows
     cost about nine one-token steps (`benchmarks/bench_llamacpp.py`, where random weights
-    changed their output after the edit). So the first draft is `first_draft` tokens, which
-    bounds what a recall that no longer holds wastes, and once it is kept whole the next one
-    takes the rest, up to `draft_tokens`.
+    changed their output after the edit). So the first draft is `first_draft` tokens and each
+    one kept whole doubles the next, up to `draft_tokens`: a recall that stops holding wastes
+    at most about as many rows as were kept before it. The recall's draft lengths do not follow
+    `speculativeTokens`, which sizes the document lookup's.
+
+    `drafted` counts the tokens proposed, before `generate` trims a draft to its limits (as
+    `PromptLookup` does); `recalled_tokens` those of them that came from `recalled`.
     """
 
     recalled: Sequence[int]
@@ -161,17 +165,20 @@ class RecalledDraft:
     draft_tokens: int = RECALL_DRAFT_TOKENS
     drafted: int = 0
     accepted: int = 0
+    recalled_tokens: int = 0
     _from_lookup: bool = field(default=False, repr=False)
-    _confirmed: bool = field(default=False, repr=False)
+    _length: int | None = field(default=None, repr=False)
 
     def __call__(self, ids: Sequence[int]) -> list[int]:
         generated = ids[self.prompt_length :]
         done = len(generated)
         if done < len(self.recalled) and list(generated) == list(self.recalled[:done]):
             self._from_lookup = False
-            length = self.draft_tokens if self._confirmed else self.first_draft
+            length = self._length or min(self.first_draft, self.draft_tokens)
+            self._length = length
             follow = list(self.recalled[done : done + length])
             self.drafted += len(follow)
+            self.recalled_tokens += len(follow)
             return follow
         self._from_lookup = True
         if self.lookup is None:
@@ -186,5 +193,5 @@ class RecalledDraft:
         if self._from_lookup:
             if self.lookup is not None:
                 self.lookup.record(accepted, verified)
-        elif verified and accepted >= verified:
-            self._confirmed = True
+        elif verified and accepted >= verified and self._length is not None:
+            self._length = min(self.draft_tokens, 2 * self._length)

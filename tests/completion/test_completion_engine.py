@@ -400,7 +400,8 @@ def test_after_a_far_edit_the_earlier_completion_there_is_the_draft(loaded_rando
             assert stats["recalled_drafts"] == 1
             drafted = stats["speculative_drafted_total"] - before["speculative_drafted_total"]
             accepted = stats["speculative_accepted_total"] - before["speculative_accepted_total"]
-            assert drafted == accepted > 0  # the earlier tokens, kept whole
+            # Kept whole where the edit leaves the random model's output as it was.
+            assert drafted >= accepted > 0
         else:
             assert stats["recalled_drafts"] == stats["speculative_drafted_total"] == 0
     assert results[0] == results[1]

@@ -93,11 +93,9 @@ def test_speculation_respects_capacity_and_growth(llama) -> None:
     assert decode(llama, prompt, 50, draft=draft, max_capacity=len(prompt) + 10) == bounded
 
 
-def test_a_recalled_continuation_is_kept_in_two_passes(llama) -> None:
-    prompt = repetitive_prompt(11)
-    plain = decode(llama, prompt, 20)
-    recalled = RecalledDraft(plain, len(prompt), PromptLookup(draft_tokens=6), first_draft=5)
-    cache = EditableCache(llama, strategy="pie")
+def decode_counting_passes(model, prompt: list[int], steps: int, draft) -> tuple[list[int], list]:
+    """(the output, the rows of each decoding pass), every pass through the torch forward."""
+    cache = EditableCache(model, strategy="pie")
     cache.reset(prompt)
     passes = []
     forward = cache._forward
@@ -107,24 +105,64 @@ def test_a_recalled_continuation_is_kept_in_two_passes(llama) -> None:
         return forward(ids, *args, **kwargs)
 
     cache._forward = counted
-    cache._bound_pass = lambda: None  # every pass through _forward, where it is counted
-    assert cache.generate(20, lambda token, log_prob: True, draft=recalled) == plain
-    # The prompt's logits give the first token. The first pass verifies 5 drafted tokens after
-    # it and gives the seventh; the second verifies the 13 after that.
-    assert passes == [1 + 5, 1 + 13]
-    assert (recalled.drafted, recalled.accepted) == (18, 18)
+    cache._bound_pass = lambda: None
+    return cache.generate(steps, lambda token, log_prob: True, draft=draft), passes
 
 
-def test_a_recall_that_no_longer_holds_falls_back_to_the_lookup(llama) -> None:
+def test_a_recalled_continuation_is_kept_in_growing_passes(llama) -> None:
+    prompt = repetitive_prompt(11)
+    plain = decode(llama, prompt, 20)
+    recalled = RecalledDraft(plain, len(prompt), PromptLookup(draft_tokens=6), first_draft=5)
+    out, passes = decode_counting_passes(llama, prompt, 20, recalled)
+    assert out == plain
+    # The prompt's logits give the first token. Each pass is the step's own token and a draft
+    # of 5, then 10, then the 2 left before the limit of 20; each gives one more token.
+    assert passes == [1 + 5, 1 + 10, 1 + 2]
+    assert (recalled.drafted, recalled.accepted, recalled.recalled_tokens) == (17, 17, 17)
+
+
+@pytest.mark.parametrize("changed_at", [2, 12])
+def test_a_recall_that_stops_holding_wastes_one_pass(llama, changed_at: int) -> None:
     prompt = repetitive_prompt(12)
     plain = decode(llama, prompt, 30)
-    changed = [*plain[:4], (plain[4] + 1) % 160, *plain[5:]]
+    changed = [*plain[:changed_at], (plain[changed_at] + 1) % 160, *plain[changed_at + 1 :]]
+    recalled = RecalledDraft(changed, len(prompt), first_draft=3)
+    out, passes = decode_counting_passes(llama, prompt, 30, recalled)
+    assert out == plain
+    if changed_at == 2:
+        # The first draft (tokens 1-3) is rejected at token 2; one-token steps follow.
+        assert passes == [1 + 3] + [1] * (30 - 3)
+        assert recalled.accepted == 1
+    else:
+        # Drafts of 3 (tokens 1-3) and 6 (5-10) are kept; the draft of 12 from token 12 on is
+        # rejected at its first token.
+        assert passes == [1 + 3, 1 + 6, 1 + 12] + [1] * (30 - 13)
+        assert recalled.accepted == 9
+    assert recalled.recalled_tokens == recalled.drafted
+
+
+def test_after_a_recall_stops_holding_the_lookup_drafts(llama) -> None:
+    prompt = repetitive_prompt(12)
+    plain = decode(llama, prompt, 30)
+    changed = [*plain[:2], (plain[2] + 1) % 160, *plain[3:]]
     lookup = PromptLookup(draft_tokens=6)
     recalled = RecalledDraft(changed, len(prompt), lookup, first_draft=3)
     assert decode(llama, prompt, 30, draft=recalled) == plain
-    assert recalled.accepted >= 3  # the agreeing start of the recall, kept in its first pass
-    assert lookup.drafted > 0 and recalled.drafted >= lookup.drafted
+    assert lookup.drafted > 0 and recalled.drafted == recalled.recalled_tokens + lookup.drafted
     assert RecalledDraft((), len(prompt))(prompt + plain[:1]) == []
+
+
+def test_a_long_recalled_draft_through_the_compiled_pass_equals_greedy(llama) -> None:
+    prompt = repetitive_prompt(13)
+    plain = decode(llama, prompt, 48)
+    cache = EditableCache(llama, strategy="pie")
+    cache.reset(prompt)
+    if cache._bound_pass() is None:
+        pytest.skip("no compiled pass for this model on this machine")
+    for recalled in (plain, [*plain[:20], (plain[20] + 1) % 160, *plain[21:]]):
+        draft = RecalledDraft(recalled, len(prompt), first_draft=16)
+        assert cache.generate(48, lambda token, log_prob: True, draft=draft) == plain
+        assert draft.recalled_tokens >= 31 if recalled is plain else draft.recalled_tokens > 0
 
 
 def test_prompt_lookup_drafts_what_followed_the_latest_match() -> None:
