@@ -554,6 +554,37 @@ class PieLanguageServer(LanguageServer):
             if self._idle_flags.get(uri) is flag:
                 del self._idle_flags[uri]
 
+    async def inline_items(
+        self, uri: str, position: types.Position
+    ) -> list[types.InlineCompletionItem]:
+        """The ghost text item at `position`, in the document as the request found it."""
+        self._ghost_text_documents.add(uri)
+        # The item replaces the rest of the line with itself plus that rest, so an editor that
+        # overlays the item's range (Neovim) or inserts before the rest (VS Code) shows exactly
+        # what accepting it inserts; an empty range mid-line is drawn over the rest by Neovim.
+        # The rest is read before the model runs: what the user types meanwhile belongs to a
+        # later version, and glued onto this item it would turn up inside the suggestion.
+        rest = self.rest_of_line(uri, position)
+        text = await self.complete(uri, position)
+        if not text:
+            return []
+        end = types.Position(
+            line=position.line,
+            character=position.character + encoded_length(rest, self.position_encoding),
+        )
+        self._count(uri, "suggestions_offered")
+        return [
+            types.InlineCompletionItem(
+                insert_text=text + rest,
+                range=types.Range(start=position, end=end),
+                command=types.Command(
+                    title="pie-lsp: suggestion accepted",
+                    command=ACCEPTED_COMMAND,
+                    arguments=[uri, len(text)],
+                ),
+            )
+        ]
+
     def rest_of_line(self, uri: str, position: types.Position) -> str:
         """The text after `position` on its line, without the line break."""
         try:
@@ -681,31 +712,7 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
     async def inline_completion(
         ls: PieLanguageServer, params: types.InlineCompletionParams
     ) -> list[types.InlineCompletionItem]:
-        uri, position = params.text_document.uri, params.position
-        ls._ghost_text_documents.add(uri)
-        text = await ls.complete(uri, position)
-        if not text:
-            return []
-        # The item replaces the rest of the line with itself plus that rest, so an editor that
-        # overlays the item's range (Neovim) or inserts before the rest (VS Code) shows exactly
-        # what accepting it inserts; an empty range mid-line is drawn over the rest by Neovim.
-        rest = ls.rest_of_line(uri, position)
-        end = types.Position(
-            line=position.line,
-            character=position.character + encoded_length(rest, ls.position_encoding),
-        )
-        ls._count(uri, "suggestions_offered")
-        return [
-            types.InlineCompletionItem(
-                insert_text=text + rest,
-                range=types.Range(start=position, end=end),
-                command=types.Command(
-                    title="pie-lsp: suggestion accepted",
-                    command=ACCEPTED_COMMAND,
-                    arguments=[uri, len(text)],
-                ),
-            )
-        ]
+        return await ls.inline_items(params.text_document.uri, params.position)
 
     @server.feature(
         types.TEXT_DOCUMENT_COMPLETION,

@@ -116,3 +116,34 @@ async def test_typing_along_a_running_generation_is_answered_from_it() -> None:
     finally:
         held.release.set()
         server.worker.shutdown()
+
+
+async def test_text_typed_while_the_model_works_stays_out_of_the_item() -> None:
+    server = PieLanguageServer(LaunchOptions(model="default"))
+    ungated = replace(server.settings.completion, min_confidence=0.0, min_token_prob=0.0)
+    server.settings = replace(server.settings, completion=ungated, debounce_ms=0, idle_refresh_ms=0)
+    server.engine = await server.worker.run(server._build_engine)
+    held = HeldGeneration(server.engine.complete)
+    try:
+        server.open_document(
+            types.TextDocumentItem(uri=URI, language_id="python", version=1, text=SOURCE)
+        )
+        cursor = PLACES[0]
+        predicted = await server.complete(URI, cursor)
+        if not predicted:
+            pytest.skip(f"no suggestion at {cursor} to hold")
+        top = types.Position(line=0, character=0)
+        edit(server, 2, top, 0, "x")
+        edit(server, 3, top, 1, "")
+        server.engine.complete = held  # type: ignore[method-assign]
+        items = asyncio.ensure_future(server.inline_items(URI, cursor))
+        assert await asyncio.to_thread(held.entered.wait, 60), "the generation never started"
+        # Keys that do not match the suggestion, typed at the cursor before the answer.
+        edit(server, 4, cursor, cursor.character, "zq")
+        held.release.set()
+        answered = await asyncio.wait_for(items, 60)
+        # The answer is for the line as the request found it, with nothing after the cursor.
+        assert [(item.insert_text, item.range.end) for item in answered] == [(predicted, cursor)]
+    finally:
+        held.release.set()
+        server.worker.shutdown()
