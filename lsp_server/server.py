@@ -728,11 +728,12 @@ def create_server(options: LaunchOptions | None = None) -> PieLanguageServer:
         if params.text_document.uri in ls._ghost_text_documents:
             return types.CompletionList(is_incomplete=False, items=[])
         uri, position = params.text_document.uri, params.position
+        # Menus filter items by the word before the cursor, so the item replaces that word, as
+        # the request found it (see inline_items).
+        word = ls.word_before(uri, position)
         text = await ls.complete(uri, position)
         if not text:
             return types.CompletionList(is_incomplete=True, items=[])
-        # Menus filter items by the word before the cursor, so the item replaces that word.
-        word = ls.word_before(uri, position)
         start = types.Position(
             line=position.line,
             character=position.character - encoded_length(word, ls.position_encoding),
