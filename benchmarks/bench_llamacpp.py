@@ -755,10 +755,12 @@ class CaseBuilder:
                 before = counter.tokens
                 logits = run(cache)
                 tokens_run = counter.tokens - before
-                generated = []
                 drafter = draft(cache) if generate and draft is not None else None
-                if generate:
-                    generated = cache.generate(GHOST_TEXT_TOKENS, _keep_generating, draft=drafter)
+                generated = (
+                    cache.generate(GHOST_TEXT_TOKENS, _keep_generating, draft=drafter)
+                    if generate
+                    else []
+                )
                 return Outcome(logits, tokens_run, generated, drafter)
 
             return timed

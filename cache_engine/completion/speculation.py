@@ -174,9 +174,9 @@ class RecalledDraft:
         done = len(generated)
         if done < len(self.recalled) and list(generated) == list(self.recalled[:done]):
             self._from_lookup = False
-            length = self._length or min(self.first_draft, self.draft_tokens)
-            self._length = length
-            follow = list(self.recalled[done : done + length])
+            if self._length is None:
+                self._length = min(self.first_draft, self.draft_tokens)
+            follow = list(self.recalled[done : done + self._length])
             self.drafted += len(follow)
             self.recalled_tokens += len(follow)
             return follow

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -72,78 +72,79 @@ def edit(
     )
 
 
-async def test_typing_along_a_running_generation_is_answered_from_it() -> None:
+@pytest.fixture
+async def server() -> AsyncIterator[PieLanguageServer]:
+    """An in-process server on the shipped model, gate off, no debounce, SOURCE open."""
     server = PieLanguageServer(LaunchOptions(model="default"))
     ungated = replace(server.settings.completion, min_confidence=0.0, min_token_prob=0.0)
     server.settings = replace(server.settings, completion=ungated, debounce_ms=0, idle_refresh_ms=0)
     server.engine = await server.worker.run(server._build_engine)
-    held = HeldGeneration(server.engine.complete)
+    server.open_document(
+        types.TextDocumentItem(uri=URI, language_id="python", version=1, text=SOURCE)
+    )
     try:
-        server.open_document(
-            types.TextDocumentItem(uri=URI, language_id="python", version=1, text=SOURCE)
-        )
-        tried = {}
-        for cursor in PLACES:
-            tried[cursor.line] = predicted = await server.complete(URI, cursor)
-            if predicted and len(predicted) >= 2:
-                break
-        else:
-            pytest.fail(f"no suggestion of 2 characters or more to type along: {tried}")
-        # Type a character at the top of the file and take it back: the same text at a new
-        # version, and an edit away from the suggestion, so neither the answer nor typing
-        # ahead into it serves the next request, which starts a generation of its own.
-        top = types.Position(line=0, character=0)
-        edit(server, 2, top, 0, "x")
-        edit(server, 3, top, 1, "")
-        server.engine.complete = held  # type: ignore[method-assign]
-        first = asyncio.ensure_future(server.complete(URI, cursor))
-        assert await asyncio.to_thread(held.entered.wait, 60), "the generation never started"
-
-        # The user types the suggestion's first character while the model works on it, and
-        # the editor asks again one character further on.
-        edit(server, 4, cursor, cursor.character, predicted[0])
-        along = types.Position(line=cursor.line, character=cursor.character + 1)
-        second = asyncio.ensure_future(server.complete(URI, along))
-        await asyncio.sleep(0)  # complete() runs up to its wait for the generation
-        counters = server.stats(URI)["documents"][URI]  # type: ignore[index]
-        assert counters["typed_along_generations"] == 1
-        assert server._generations[URI].waiters == 2
-        held.release.set()
-
-        assert await asyncio.wait_for(second, 60) == predicted[1:]
-        await asyncio.wait_for(first, 60)
-        assert held.calls == 1  # the request along started no generation of its own
+        yield server
     finally:
-        held.release.set()
+        held = server.engine.complete
+        if isinstance(held, HeldGeneration):
+            held.release.set()
         server.worker.shutdown()
 
 
-async def test_text_typed_while_the_model_works_stays_out_of_the_item() -> None:
-    server = PieLanguageServer(LaunchOptions(model="default"))
-    ungated = replace(server.settings.completion, min_confidence=0.0, min_token_prob=0.0)
-    server.settings = replace(server.settings, completion=ungated, debounce_ms=0, idle_refresh_ms=0)
-    server.engine = await server.worker.run(server._build_engine)
+def hold_next_generation(server: PieLanguageServer) -> HeldGeneration:
+    """Make the next request at an answered place start a generation, and hold it.
+
+    Types a character at the top of the file and takes it back: the same text at a new
+    version (versions 2 and 3), and an edit away from the suggestion, so neither the answer
+    nor typing ahead into it serves the next request."""
+    top = types.Position(line=0, character=0)
+    edit(server, 2, top, 0, "x")
+    edit(server, 3, top, 1, "")
+    assert server.engine is not None
     held = HeldGeneration(server.engine.complete)
-    try:
-        server.open_document(
-            types.TextDocumentItem(uri=URI, language_id="python", version=1, text=SOURCE)
-        )
-        cursor = PLACES[0]
-        predicted = await server.complete(URI, cursor)
-        if not predicted:
-            pytest.skip(f"no suggestion at {cursor} to hold")
-        top = types.Position(line=0, character=0)
-        edit(server, 2, top, 0, "x")
-        edit(server, 3, top, 1, "")
-        server.engine.complete = held  # type: ignore[method-assign]
-        items = asyncio.ensure_future(server.inline_items(URI, cursor))
-        assert await asyncio.to_thread(held.entered.wait, 60), "the generation never started"
-        # Keys that do not match the suggestion, typed at the cursor before the answer.
-        edit(server, 4, cursor, cursor.character, "zq")
-        held.release.set()
-        answered = await asyncio.wait_for(items, 60)
-        # The answer is for the line as the request found it, with nothing after the cursor.
-        assert [(item.insert_text, item.range.end) for item in answered] == [(predicted, cursor)]
-    finally:
-        held.release.set()
-        server.worker.shutdown()
+    server.engine.complete = held  # type: ignore[method-assign]
+    return held
+
+
+async def test_typing_along_a_running_generation_is_answered_from_it(server) -> None:
+    tried = {}
+    for cursor in PLACES:
+        tried[cursor.line] = predicted = await server.complete(URI, cursor)
+        if predicted and len(predicted) >= 2:
+            break
+    else:
+        pytest.fail(f"no suggestion of 2 characters or more to type along: {tried}")
+    held = hold_next_generation(server)
+    first = asyncio.ensure_future(server.complete(URI, cursor))
+    assert await asyncio.to_thread(held.entered.wait, 60), "the generation never started"
+
+    # The user types the suggestion's first character while the model works on it, and
+    # the editor asks again one character further on.
+    edit(server, 4, cursor, cursor.character, predicted[0])
+    along = types.Position(line=cursor.line, character=cursor.character + 1)
+    second = asyncio.ensure_future(server.complete(URI, along))
+    await asyncio.sleep(0)  # complete() runs up to its wait for the generation
+    counters = server.stats(URI)["documents"][URI]  # type: ignore[index]
+    assert counters["typed_along_generations"] == 1
+    assert server._generations[URI].waiters == 2
+    held.release.set()
+
+    assert await asyncio.wait_for(second, 60) == predicted[1:]
+    await asyncio.wait_for(first, 60)
+    assert held.calls == 1  # the request along started no generation of its own
+
+
+async def test_text_typed_while_the_model_works_stays_out_of_the_item(server) -> None:
+    cursor = PLACES[0]
+    predicted = await server.complete(URI, cursor)
+    if not predicted:
+        pytest.skip(f"no suggestion at {cursor} to hold")
+    held = hold_next_generation(server)
+    items = asyncio.ensure_future(server.inline_items(URI, cursor))
+    assert await asyncio.to_thread(held.entered.wait, 60), "the generation never started"
+    # Keys that do not match the suggestion, typed at the cursor before the answer.
+    edit(server, 4, cursor, cursor.character, "zq")
+    held.release.set()
+    answered = await asyncio.wait_for(items, 60)
+    # The answer is for the line as the request found it, with nothing after the cursor.
+    assert [(item.insert_text, item.range.end) for item in answered] == [(predicted, cursor)]
