@@ -6,8 +6,11 @@ At line ends in code the model never saw (click, rich, typer, tqdm), the FIM pro
 once, then `EditableCache.generate` decodes a fixed number of tokens (no stop rules, so all
 decode the same amount) plainly, with the shipped drafter (draft length following the
 acceptance, up to `--draft-tokens`) and with drafts of a fixed `--draft-tokens` length,
-after one untimed run per place, interleaved (each method taking each turn) and repeated. Checks that all give the same tokens, and reports the acceptance rate,
-forward passes and the speed-up of each drafter. Run on a quiet machine (pause training).
+after one untimed run per place, interleaved (each method taking each turn) and repeated. Each
+token is chosen as the server chooses it: by the model mixed with the document's n-grams at the
+shipped `documentNgramWeight` (`--ngram-weight 0`: the model alone). Checks that all give the
+same tokens, and reports the acceptance rate, forward passes and the speed-up of each drafter.
+Run on a quiet machine (pause training).
 """
 
 from __future__ import annotations
@@ -48,11 +51,15 @@ def main() -> None:
     parser.add_argument("--draft-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--ngram-weight", type=float, default=CompletionSettings().document_ngram_weight
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model("default")
-    engine = CompletionEngine(loaded, CompletionSettings(max_new_tokens=1))
+    settings = CompletionSettings(max_new_tokens=1, document_ngram_weight=args.ngram_weight)
+    engine = CompletionEngine(loaded, settings)
     drafters = {
         "adaptive": lambda: PromptLookup(args.draft_tokens),
         "fixed": lambda: PromptLookup(args.draft_tokens, adaptive=False),
@@ -66,9 +73,13 @@ def main() -> None:
     counts = {name: {"drafted": 0, "accepted": 0, "passes": 0} for name in drafters}
     rows, mismatches, passes_plain = [], 0, 0
 
-    def run(name: str, cache) -> tuple[list[int], PromptLookup | None]:
+    def run(name: str, cache, uri: str) -> tuple[list[int], PromptLookup | None]:
         lookup = drafters[name]() if name in drafters else None
-        return cache.generate(args.tokens, lambda token, log_prob: True, draft=lookup), lookup
+        choose = engine.next_token_chooser(uri)
+        tokens = cache.generate(
+            args.tokens, lambda token, log_prob: True, draft=lookup, choose=choose
+        )
+        return tokens, lookup
 
     for relative in FILES:
         text = source(relative)
@@ -79,7 +90,7 @@ def main() -> None:
             cache = engine.active_region(uri).cache
             # Untimed: the first decode after the encode runs slower whatever comes first (torch's
             # OpenMP workers still spin from the encode), which had counted against plain alone.
-            plain, _ = run("plain", cache)
+            plain, _ = run("plain", cache, uri)
             row: dict = {"file": relative, "cursor": cursor}
             here: dict[str, list[float]] = {name: [] for name in methods}
             for repeat in range(args.repeats):
@@ -87,7 +98,7 @@ def main() -> None:
                 shift = repeat % len(methods)
                 for name in methods[shift:] + methods[:shift]:
                     started = time.perf_counter()
-                    tokens, lookup = run(name, cache)
+                    tokens, lookup = run(name, cache, uri)
                     here[name].append(time.perf_counter() - started)
                     mismatches += tokens != plain
                     if lookup is not None and repeat == 0:
@@ -108,6 +119,7 @@ def main() -> None:
         "places": len(rows),
         "tokens_per_place": args.tokens,
         "draft_tokens": args.draft_tokens,
+        "document_ngram_weight": args.ngram_weight,
         "repeats": args.repeats,
         "outputs_differing_from_greedy": mismatches,
         "plain": {

@@ -8,6 +8,8 @@ longest drafted prefix that greedy decoding agrees with, plus the pass's own tok
 involved, so it runs on a busy machine. With verification free (a pass of 1 + k rows costing one
 step), the speed-up can be no more than plain passes over drafted passes: the ceiling for that
 drafter. `--slope s` also reports the speed-up when a pass of 1 + k rows costs 1 + s·k steps.
+The greedy tokens are chosen as the server chooses them, by the model mixed with the document's
+n-grams at the shipped `documentNgramWeight` (`--ngram-weight 0`: the model alone).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ RESULTS = Path(__file__).parent / "results" / "speculation_ceiling.json"
 Run = tuple[list[int], list[int]]
 
 
-def greedy_runs(tokens: int, places_per_file: int) -> list[Run]:
+def greedy_runs(tokens: int, places_per_file: int, ngram_weight: float) -> list[Run]:
     """(prompt ids, greedy tokens) at each place."""
     loaded = load_model("default")
-    engine = CompletionEngine(loaded, CompletionSettings(max_new_tokens=1))
+    settings = CompletionSettings(max_new_tokens=1, document_ngram_weight=ngram_weight)
+    engine = CompletionEngine(loaded, settings)
     runs = []
     for relative in FILES:
         text = source(relative)
@@ -43,7 +46,9 @@ def greedy_runs(tokens: int, places_per_file: int) -> list[Run]:
         for cursor in places(text, places_per_file):
             engine.complete(uri, cursor)
             cache = engine.active_region(uri).cache
-            runs.append((cache.token_ids, cache.generate(tokens, lambda token, log_prob: True)))
+            choose = engine.next_token_chooser(uri)
+            greedy = cache.generate(tokens, lambda token, log_prob: True, choose=choose)
+            runs.append((cache.token_ids, greedy))
         engine.close_document(uri)
         engine.release_closed()
     return runs
@@ -84,10 +89,13 @@ def main() -> None:
     parser.add_argument("--places-per-file", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--slope", type=float, nargs="*", default=[0.04, 0.17])
+    parser.add_argument(
+        "--ngram-weight", type=float, default=CompletionSettings().document_ngram_weight
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    runs = greedy_runs(args.tokens, args.places_per_file)
+    runs = greedy_runs(args.tokens, args.places_per_file, args.ngram_weight)
     drafters = {
         "shipped (adaptive, at most 8)": lambda: PromptLookup(8),
         "always 8": lambda: PromptLookup(8, adaptive=False),
@@ -99,6 +107,7 @@ def main() -> None:
         "model": "default",
         "places": len(runs),
         "tokens_per_place": args.tokens,
+        "document_ngram_weight": args.ngram_weight,
         "plain_passes": sum(len(greedy) - 1 for _, greedy in runs),
         "slopes": "a pass of 1 + k rows costs 1 + slope * k one-token steps",
         "drafters": {name: replay(runs, make, args.slope) for name, make in drafters.items()},

@@ -8,7 +8,7 @@ Clients send camelCase keys, either at the top level or under a "pieLsp" section
                 "staleBudget": 0, "maxRefreshTokens": 512, "maxRefreshMs": 100, "maxRegions": 4,
                 "midLine": "closing",
                 "speculativeTokens": 8, "healTokens": true, "minConfidence": -1,
-                "minTokenProb": -1, "idleRefreshMs": 400}}
+                "minTokenProb": -1, "documentNgramWeight": 0.2, "idleRefreshMs": 400}}
 
 Keys left out keep their current value. Unknown keys and bad values reject the whole update.
 """
@@ -39,6 +39,7 @@ _COMPLETION_KEYS = {
     "healTokens": "heal_tokens",
     "minConfidence": "min_confidence",
     "minTokenProb": "min_token_prob",
+    "documentNgramWeight": "document_ngram_weight",
 }
 
 

@@ -50,6 +50,7 @@ from cache_engine.completion.stop_rules import (
 )
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.kv.token_edits import TokenEdit
+from cache_engine.model.document_ngrams import DocumentNgramMixture
 from cache_engine.model.loading import LoadedModel
 from cache_engine.text.incremental_tokenizer import IncrementalTokenizer
 from cache_engine.text.text_change import DocumentError, TextChange, changed_span, line_suffix
@@ -622,9 +623,10 @@ class CompletionEngine:
             lookup = PromptLookup(settings.speculative_tokens)
             draft = RecalledDraft(recalled, len(cache), lookup)
         constraint = self.healer.constraint(healed)
+        choose = self._chooser(region, settings)
         # Each healing token spells at least one byte of the healed text.
         limit = settings.max_new_tokens + heal_bytes
-        ids = cache.generate(limit, on_token, draft=draft, constraint=constraint)
+        ids = cache.generate(limit, on_token, draft=draft, constraint=constraint, choose=choose)
         if draft is not None:
             stats.speculative_drafted_total += draft.drafted
             stats.speculative_accepted_total += draft.accepted
@@ -634,6 +636,26 @@ class CompletionEngine:
             # What is ready up to a line boundary still serves the user typing along it.
             kept = kept[: kept.rfind("\n")] if "\n" in kept else ""
         return kept, generated, reason, tracker.confidence(kept), ids
+
+    def next_token_chooser(self, uri: str) -> DocumentNgramMixture | None:
+        """What chooses each token of a completion from the document's active prompt, as
+        `complete` decodes it: None where the model's most likely token is taken."""
+        region = self.active_region(uri)
+        return None if region is None else self._chooser(region, self._settings)
+
+    def _chooser(
+        self, region: PromptRegion, settings: CompletionSettings
+    ) -> DocumentNgramMixture | None:
+        if not settings.document_ngram_weight:
+            return None
+        layout = self.fim_layout(settings)
+        left_end = None
+        if layout is not None:
+            left_at, _ = part_starts(layout, region.left_tokens, region.right_tokens)
+            left_end = left_at + region.left_tokens
+        return DocumentNgramMixture(
+            settings.document_ngram_weight, left_end=left_end, never_follow=self._stop_ids
+        )
 
     def _count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))

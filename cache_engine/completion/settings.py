@@ -66,6 +66,11 @@ class CompletionSettings:
     min_confidence: float = MODEL_CALIBRATED
     # Cut a suggestion before its first token less likely than this (0: never; -1: the model's).
     min_token_prob: float = MODEL_CALIBRATED
+    # Mix what followed the same tokens earlier in the prompt into the model's next-token
+    # distribution, this much per matching length (model/document_ngrams.py, whose DEFAULT_WEIGHT
+    # this is, written out: the server reads its settings before numpy and torch load; 0: the
+    # model alone).
+    document_ngram_weight: float = 0.2
 
     def __post_init__(self) -> None:
         if self.strategy not in EDIT_STRATEGIES:
@@ -92,6 +97,9 @@ class CompletionSettings:
             raise SettingsError(f"heal_tokens must be true or false, got {self.heal_tokens!r}")
         _check_probability("min_confidence", self.min_confidence)
         _check_probability("min_token_prob", self.min_token_prob)
+        weight = self.document_ngram_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+            raise SettingsError(f"document_ngram_weight must be a number in [0, 1], got {weight!r}")
         share = self.suffix_share
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 0.9:
             raise SettingsError(f"suffix_share must be a number in [0, 0.9], got {share!r}")

@@ -60,7 +60,21 @@ class TokenConstraint(Protocol):
     def __call__(self, generated: Sequence[int]) -> torch.Tensor | None: ...
 
 
-# Called with each new id and its log-probability under the model; False stops decoding.
+class NextTokenChooser(Protocol):
+    """Chooses the token after `ids` from the model's logits row [vocab] for that place, of the
+    `allowed` ids if given, and says its log-probability; greedy decoding by the model alone is
+    the default (see model/document_ngrams.py for one that mixes in the document).
+
+    It must depend on `ids` and the row only: verification checks each drafted token against
+    the choice made for the sequence ending just before it."""
+
+    def __call__(
+        self, logits: torch.Tensor, ids: Sequence[int], allowed: torch.Tensor | None
+    ) -> tuple[int, float]: ...
+
+
+# Called with each new id and its log-probability (the model's, or the chooser's); False stops
+# decoding.
 OnToken = Callable[[int, float], bool]
 
 
@@ -584,6 +598,7 @@ class EditableCache:
         *,
         draft: Drafter | None = None,
         constraint: TokenConstraint | None = None,
+        choose: NextTokenChooser | None = None,
     ) -> list[int]:
         """Greedy decoding from the cache; generated tokens are dropped from it afterwards.
 
@@ -593,7 +608,8 @@ class EditableCache:
         the allowed ones until the constraint lets go. With `draft`, each free step verifies
         the drafted continuation of (cached ids + generated ids) in the same forward pass as
         the step's own token and keeps the drafted tokens that greedy decoding would have
-        produced: the same output in fewer passes.
+        produced: the same output in fewer passes. With `choose`, it picks each token instead
+        of the model's most likely one, and says its log-probability.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -605,12 +621,15 @@ class EditableCache:
         if self.max_capacity is not None:
             limit = min(limit, self.max_capacity - base + 1)
         allowed = constraint(generated) if constraint is not None else None
-        logits = self.next_token_logits()
-        token = _most_likely(logits, allowed)
+        # The model's own choice needs no ids, and building them costs a copy of the prompt.
+        reads_ids = choose is not None
+        if choose is None:
+            choose = _model_greedy
+        token, log_prob = choose(self.next_token_logits(), self._ids, allowed)
         bound = self._bound_pass()
         while True:
             generated.append(token)
-            if not on_token(token, _log_prob(logits, token)) or len(generated) >= limit:
+            if not on_token(token, log_prob) or len(generated) >= limit:
                 return generated
             if allowed is not None:
                 allowed = constraint(generated) if constraint is not None else None
@@ -631,22 +650,24 @@ class EditableCache:
             # Row by row, and only the rows kept (see _most_likely); the row after the kept
             # ones gives the next token.
             accepted = 0
-            token = _most_likely(step[0], allowed)
-            while accepted < len(proposal) and token == proposal[accepted]:
+            context = self._ids + generated if reads_ids else []
+            chosen = [choose(step[0], context, allowed)]
+            while accepted < len(proposal) and chosen[-1][0] == proposal[accepted]:
+                context = context + [proposal[accepted]] if reads_ids else context
                 accepted += 1
-                token = _most_likely(step[accepted], allowed)
+                chosen.append(choose(step[accepted], context, allowed))
             if draft is not None and proposal:
                 draft.record(accepted, len(proposal))
             for index in range(accepted):
                 # Their keys and values are already in place; the rejected ones are
                 # overwritten by the next pass.
-                drafted = proposal[index]
+                drafted, drafted_log_prob = chosen[index]
                 generated.append(drafted)
-                if not on_token(drafted, _log_prob(step[index], drafted)):
+                if not on_token(drafted, drafted_log_prob):
                     return generated
                 if len(generated) >= limit:
                     return generated
-            logits = step[accepted]
+            token, log_prob = chosen[accepted]
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -812,6 +833,14 @@ class EditableCache:
 def _check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _model_greedy(
+    logits: torch.Tensor, ids: Sequence[int], allowed: torch.Tensor | None
+) -> tuple[int, float]:
+    """The model's most likely token (of the allowed ones) and its log-probability."""
+    token = _most_likely(logits, allowed)
+    return token, _log_prob(logits, token)
 
 
 def _most_likely(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> int:

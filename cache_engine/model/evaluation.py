@@ -23,6 +23,7 @@ import torch
 
 from cache_engine.kv.editable_cache import EditableCache
 from cache_engine.model.corpus import HELD_OUT_MODULES, collect_sources
+from cache_engine.model.document_ngrams import DEFAULT_WEIGHT, DocumentNgramMixture
 from cache_engine.model.loading import (
     DEFAULT_MODEL_DIR,
     LoadedModel,
@@ -74,9 +75,15 @@ def complete_middle_line(loaded: LoadedModel, cache: EditableCache, max_tokens: 
 
 
 def next_line_exact_match(
-    loaded: LoadedModel, texts: list[str], samples: int, context_tokens: int, seed: int
+    loaded: LoadedModel,
+    texts: list[str],
+    samples: int,
+    context_tokens: int,
+    seed: int,
+    ngram_weight: float = 0.0,
 ) -> tuple[float, list[dict]]:
-    """Greedy next line from up to context_tokens of left context, compared stripped."""
+    """Greedy next line from up to context_tokens of left context, compared stripped; with
+    `ngram_weight`, greedy by the model mixed with the context's n-grams (document_ngrams.py)."""
     rng = random.Random(seed)
     candidates = []
     for file_index, text in enumerate(texts):
@@ -93,7 +100,8 @@ def next_line_exact_match(
         context = next_line_context(texts[file_index][:offset])
         ids = loaded.tokenizer(context, add_special_tokens=False)["input_ids"]
         cache.reset(ids[-context_tokens:])
-        predicted = generate_next_line(cache, loaded.tokenizer, loaded.eos_token_ids)
+        choose = DocumentNgramMixture(ngram_weight) if ngram_weight else None
+        predicted = generate_next_line(cache, loaded.tokenizer, loaded.eos_token_ids, choose=choose)
         hit = predicted.strip() == truth.strip()
         hits += hit
         if len(examples) < 8:
@@ -188,6 +196,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     em, em_examples = next_line_exact_match(
         loaded, texts, args.em_samples, args.context_tokens, args.seed
     )
+    mixed_em, _ = next_line_exact_match(
+        loaded, texts, args.em_samples, args.context_tokens, args.seed, args.ngram_weight
+    )
     result = {
         "model": args.model,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
@@ -196,6 +207,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "held_out_bits_per_byte": bpb,
         "outside_stdlib_bits_per_byte": outside_bpb,
         "next_line_exact_match": em,
+        "next_line_exact_match_with_document_ngrams": mixed_em,
+        "document_ngram_weight": args.ngram_weight,
         "next_line_samples": args.em_samples,
         "next_line_context_tokens": args.context_tokens,
         "next_line_examples": em_examples,
@@ -274,6 +287,7 @@ for useful completions.
 | held-out bits per byte | {result["held_out_bits_per_byte"]:.3f} |
 | bits per byte on code outside the stdlib (tqdm) | {result["outside_stdlib_bits_per_byte"] or float("nan"):.3f} |
 | next-line exact match ({result["next_line_samples"]} held-out lines, {result["next_line_context_tokens"]}-token left context, greedy) | {result["next_line_exact_match"] * 100:.1f}% |
+| the same, greedy by the model mixed with the context's n-grams at weight {result["document_ngram_weight"]:g} (`documentNgramWeight`, the server's default) | {result["next_line_exact_match_with_document_ngrams"] * 100:.1f}% |
 | one decode step from a 2k-token cache ({result["threads"]} threads, fp32) | {result["decode_step_ms_2k_cache"]:.2f} ms |
 
 ## Sample completions (greedy, one line)
@@ -295,6 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--em-samples", type=int, default=200)
     parser.add_argument("--context-tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ngram-weight",
+        type=float,
+        default=DEFAULT_WEIGHT,
+        help="the second exact match mixes the context's n-grams into the model's choice, this much per matching length (the server's documentNgramWeight)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-card", action="store_true")
     parser.add_argument(

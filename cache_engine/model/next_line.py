@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from cache_engine.kv.editable_cache import EditableCache
+from cache_engine.kv.editable_cache import EditableCache, NextTokenChooser
 
 
 def next_line_context(text_before_line: str) -> str:
@@ -19,9 +19,14 @@ def next_line_context(text_before_line: str) -> str:
 
 
 def generate_next_line(
-    cache: EditableCache, tokenizer, eos_token_ids: Collection[int], max_new_tokens: int = 48
+    cache: EditableCache,
+    tokenizer,
+    eos_token_ids: Collection[int],
+    max_new_tokens: int = 48,
+    choose: NextTokenChooser | None = None,
 ) -> str:
-    """Greedy: the text of the line after the cached context (which ends before its newline)."""
+    """Greedy (by the model, or by `choose`): the text of the line after the cached context
+    (which ends before its newline)."""
     pieces: list[int] = []
     stop_ids = set(eos_token_ids) | set(tokenizer.all_special_ids)
 
@@ -31,7 +36,7 @@ def generate_next_line(
         pieces.append(token)
         return "\n" not in _after_first_newline(tokenizer.decode(pieces))
 
-    cache.generate(max_new_tokens, until_line_ends)
+    cache.generate(max_new_tokens, until_line_ends, choose=choose)
     text = tokenizer.decode(pieces)
     if "\n" not in text or text[: text.index("\n")].strip():
         # The model went on with the previous line instead of starting a new one: no prediction.

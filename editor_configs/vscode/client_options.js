@@ -30,6 +30,7 @@ const SERVER_SETTINGS = [
   'healTokens',
   'minConfidence',
   'minTokenProb',
+  'documentNgramWeight',
 ];
 
 /**

@@ -339,7 +339,9 @@ def test_confidence_settings_of_minus_one_take_the_models_calibration(engine) ->
 
 
 def test_healing_tokens_do_not_count_against_max_new_tokens(engine) -> None:
-    engine.update_settings(replace(engine.settings, max_new_tokens=1))
+    # The model alone: mixed with the document, the first token is " value", which heals and
+    # suggests at once, and its "ue" is the text already after the cursor, so nothing is shown.
+    engine.update_settings(replace(engine.settings, max_new_tokens=1, document_ngram_weight=0))
     engine.open_document(URI, SOURCE, 1, "python")
     cursor = SOURCE.index("    value = x + 20") + len("    val")
     completion = engine.complete(URI, cursor)
@@ -405,3 +407,31 @@ def test_after_a_far_edit_the_earlier_completion_there_is_the_draft(loaded_rando
         else:
             assert stats["recalled_drafts"] == stats["speculative_drafted_total"] == 0
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("layout", ["psm", "spm"])
+def test_the_document_s_ngrams_steer_the_suggestion_in_either_fim_layout(
+    loaded_random_model, layout: str
+) -> None:
+    # Forty functions of one pattern, and the cursor on the line after the next one's header:
+    # random weights alone do not write the pattern's next line; mixed with what followed
+    # the same tokens before, they do, which needs the text at the cursor found inside the
+    # FIM prompt (the suffix follows it in psm, the middle marker in spm).
+    text = SOURCE + "def helper_40(x):\n"
+    suggestions = {}
+    for weight in (0.2, 0.0):
+        settings = CompletionSettings(
+            max_new_tokens=24,
+            max_prompt_tokens=1024,
+            fim_layout=layout,
+            document_ngram_weight=weight,
+            min_confidence=0,
+            min_token_prob=0,
+        )
+        engine = CompletionEngine(loaded_random_model, settings)
+        engine.open_document(URI, text, 1, "python")
+        suggestions[weight] = engine.complete(URI, len(text)).text
+        chooser = engine.next_token_chooser(URI)
+        assert (chooser is None) == (weight == 0)
+    assert suggestions[0.2].startswith("    value = x + ")
+    assert not suggestions[0.0].startswith("    value")

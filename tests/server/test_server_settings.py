@@ -15,6 +15,9 @@ def test_section_and_partial_update() -> None:
     assert again.completion.strategy == "prefix"
     assert again.completion.max_new_tokens == 9
     assert again.completion.memory_budget_bytes == int(1.5 * MIB)
+    mixed = again.updated({"pieLsp": {"documentNgramWeight": 0}})
+    assert mixed.completion.document_ngram_weight == 0
+    assert mixed.completion.max_new_tokens == 9
 
 
 def test_nothing_to_change() -> None:
@@ -29,6 +32,10 @@ def test_nothing_to_change() -> None:
         ({"strategy": "conflict"}, "strategy 'conflict'"),
         ({"maxNewTokens": True}, "max_new_tokens must be an integer"),
         ({"suffixShare": 2}, "suffix_share"),
+        (
+            {"documentNgramWeight": 1.2},
+            "document_ngram_weight must be a number in \\[0, 1\\], got 1.2",
+        ),
         ({"debounceMs": -1}, "debounceMs"),
         ({"memoryBudgetMb": "big"}, "memoryBudgetMb"),
         ({"maxTokens": 3}, "unknown setting 'maxTokens'"),
