@@ -345,7 +345,9 @@ def card_section(result: dict) -> str:
 
 {len(result["places"])} cursor places in code outside the training corpus (requests, click, attrs,
 rich, typer), the rest of the line deleted, completed through `CompletionEngine` with token
-healing, minTokenProb {shipped["min_token_prob"]:g} and minConfidence {shipped["min_confidence"]:g}
+healing, the document's n-grams mixed in at {shipped["document_ngram_weight"]:g} per matching length
+(`documentNgramWeight`; 0: the model alone), minTokenProb {shipped["min_token_prob"]:g} and
+minConfidence {shipped["min_confidence"]:g}
 (calibrated from the curve in `benchmarks/results/suggestion_quality.png` and recorded as
 `completion_gate` in `config.json`):
 
@@ -477,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         "chosen_from_curve": chosen,
         "shipped_defaults": {
             "heal_tokens": defaults.heal_tokens,
+            "document_ngram_weight": defaults.document_ngram_weight,
             "min_token_prob": gate.min_token_prob,
             "min_confidence": gate.min_confidence,
             **shipped_point,

@@ -631,6 +631,8 @@ class CompletionEngine:
             stats.speculative_drafted_total += draft.drafted
             stats.speculative_accepted_total += draft.accepted
             stats.recalled_drafts += draft.recalled_tokens > 0
+        if choose is not None:
+            stats.ngram_chosen_tokens += choose.overruled
         kept = stopper.finish()
         if reason == "cancelled":
             # What is ready up to a line boundary still serves the user typing along it.

@@ -31,6 +31,10 @@ class DocumentStats:
     speculative_drafted_total: int = 0
     speculative_accepted_total: int = 0
     recalled_drafts: int = 0  # completions that drafted from one made at the same place before
+    # Tokens the document's n-grams chose where the model alone would have taken another (a
+    # choice made for the row after a verify pass's last kept draft counts even when decoding
+    # stops before that token).
+    ngram_chosen_tokens: int = 0
     below_confidence_gate: int = 0  # suggestions the confidence gate did not show
 
     def record_edit(self, stats: EditStats) -> None:

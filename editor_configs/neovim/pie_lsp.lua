@@ -348,9 +348,11 @@ local function stats_summary(result, uri)
   local function n(key)
     return tonumber(doc[key]) or 0
   end
-  table.insert(out, ('this buffer: %d completions, %d shown, %d accepted; %d hidden by the '
-    .. 'confidence gate; %d answered from text typed along'):format(
-    n('completions'), n('suggestions_offered'), n('suggestions_accepted'),
+  -- Suggestions answered from text typed along need no completion by the model, so more may be
+  -- shown than the model made.
+  table.insert(out, ('this buffer: %d suggestions shown, %d accepted; %d completions by the '
+    .. 'model, %d hidden by the confidence gate; %d answered from text typed along'):format(
+    n('suggestions_offered'), n('suggestions_accepted'), n('completions'),
     n('below_confidence_gate'), n('forward_typing_hits')
   ))
   local seconds = tonumber(doc.last_completion_seconds)
@@ -359,8 +361,10 @@ local function stats_summary(result, uri)
     seconds and ('%.0f ms'):format(seconds * 1000) or '-'
   ))
   table.insert(out, ('decoding: %d of %d drafted tokens kept; %d completions drafted from the '
-    .. 'one made at the same place before'):format(
-    n('speculative_accepted_total'), n('speculative_drafted_total'), n('recalled_drafts')
+    .. 'one made at the same place before; %d tokens chosen by the document\'s n-grams over '
+    .. 'the model\'s choice'):format(
+    n('speculative_accepted_total'), n('speculative_drafted_total'), n('recalled_drafts'),
+    n('ngram_chosen_tokens')
   ))
   local edit = type(doc.last_edit) == 'table' and doc.last_edit or nil
   if edit then

@@ -433,5 +433,7 @@ def test_the_document_s_ngrams_steer_the_suggestion_in_either_fim_layout(
         suggestions[weight] = engine.complete(URI, len(text)).text
         chooser = engine.next_token_chooser(URI)
         assert (chooser is None) == (weight == 0)
+        chosen = engine.stats(URI)[URI]["ngram_chosen_tokens"]
+        assert chosen > 0 if weight else chosen == 0
     assert suggestions[0.2].startswith("    value = x + ")
     assert not suggestions[0.0].startswith("    value")
