@@ -650,7 +650,8 @@ class CompletionEngine:
     ) -> DocumentNgramMixture | None:
         if not settings.document_ngram_weight:
             return None
-        layout = self.fim_layout(settings)
+        # The region's own layout: the cache holds the prompt as it was last synced.
+        layout = region.layout
         left_end = None
         if layout is not None:
             left_at, _ = part_starts(layout, region.left_tokens, region.right_tokens)

@@ -98,8 +98,8 @@ class CompletionSettings:
         _check_probability("min_confidence", self.min_confidence)
         _check_probability("min_token_prob", self.min_token_prob)
         weight = self.document_ngram_weight
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
-            raise SettingsError(f"document_ngram_weight must be a number in [0, 1], got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < 1:
+            raise SettingsError(f"document_ngram_weight must be a number in [0, 1), got {weight!r}")
         share = self.suffix_share
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 0.9:
             raise SettingsError(f"suffix_share must be a number in [0, 0.9], got {share!r}")

@@ -603,7 +603,7 @@ class EditableCache:
         """Greedy decoding from the cache; generated tokens are dropped from it afterwards.
 
         `on_token` sees each new id with its log-probability (under the model's whole
-        distribution, whatever `constraint` allowed) and returns False to stop (a stop rule, a
+        distribution, whatever `constraint` allowed, or the chooser's) and returns False to stop (a stop rule, a
         confidence cut or a cancellation). With `constraint`, each token is the most likely of
         the allowed ones until the constraint lets go. With `draft`, each free step verifies
         the drafted continuation of (cached ids + generated ids) in the same forward pass as

@@ -61,8 +61,10 @@ class DocumentNgramMixture:
         left_end: int | None = None,
         never_follow: Collection[int] = (),
     ):
-        if not 0 <= weight <= 1:
-            raise ValueError(f"the n-gram weight must be in [0, 1], got {weight!r}")
+        # At 1 the model's share of a matched place would be nothing: every choice would be a
+        # copy with no confidence to gate, and a copy that healing forbids would leave no mass.
+        if not 0 <= weight < 1:
+            raise ValueError(f"the n-gram weight must be in [0, 1), got {weight!r}")
         if max_ngram < MIN_NGRAM:
             raise ValueError(f"max_ngram must be at least {MIN_NGRAM}, got {max_ngram!r}")
         self.weight = weight
@@ -164,9 +166,13 @@ class DocumentNgramMixture:
             left_end = len(ids) if self.left_end is None else self.left_end
             if not 0 <= left_end <= len(ids):
                 raise ValueError(f"left_end {left_end} is outside the prompt of {len(ids)} ids")
-            copy = self._prompt_ids[max(0, left_end - self.max_ngram) : left_end]
-            if left_end == len(ids):
-                copy = []
+            # Up to max_ngram tokens: a left part shorter than that brings the marker (and in
+            # spm the right part's end) before it, whose matches are the prompt's own anyway.
+            copy = (
+                []
+                if left_end == len(ids)
+                else self._prompt_ids[max(0, left_end - self.max_ngram) : left_end]
+            )
             self._copied = len(copy)
             self._searched = self._prompt_ids + copy
             self._searched_array = np.asarray(self._searched, dtype=np.int64)

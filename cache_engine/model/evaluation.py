@@ -196,9 +196,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     em, em_examples = next_line_exact_match(
         loaded, texts, args.em_samples, args.context_tokens, args.seed
     )
-    mixed_em, _ = next_line_exact_match(
-        loaded, texts, args.em_samples, args.context_tokens, args.seed, args.ngram_weight
-    )
+    mixed_em = em
+    if args.ngram_weight:
+        mixed_em, _ = next_line_exact_match(
+            loaded, texts, args.em_samples, args.context_tokens, args.seed, args.ngram_weight
+        )
     result = {
         "model": args.model,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),

@@ -417,7 +417,8 @@ def test_the_document_s_ngrams_steer_the_suggestion_in_either_fim_layout(
     # random weights alone do not write the pattern's next line; mixed with what followed
     # the same tokens before, they do, which needs the text at the cursor found inside the
     # FIM prompt (the suffix follows it in psm, the middle marker in spm).
-    text = SOURCE + "def helper_40(x):\n"
+    before = SOURCE + "def helper_40(x):\n"
+    text = before + "\n\ndef last():\n    return None\n"
     suggestions = {}
     for weight in (0.2, 0.0):
         settings = CompletionSettings(
@@ -430,10 +431,26 @@ def test_the_document_s_ngrams_steer_the_suggestion_in_either_fim_layout(
         )
         engine = CompletionEngine(loaded_random_model, settings)
         engine.open_document(URI, text, 1, "python")
-        suggestions[weight] = engine.complete(URI, len(text)).text
+        suggestions[weight] = engine.complete(URI, len(before)).text
+        region = engine.active_region(URI)
+        assert region is not None and region.right_tokens > 0
         chooser = engine.next_token_chooser(URI)
         assert (chooser is None) == (weight == 0)
         chosen = engine.stats(URI)[URI]["ngram_chosen_tokens"]
         assert chosen > 0 if weight else chosen == 0
     assert suggestions[0.2].startswith("    value = x + ")
     assert not suggestions[0.0].startswith("    value")
+
+
+def test_healing_with_the_document_s_ngrams_completes_the_word_at_the_cursor(
+    loaded_random_model,
+) -> None:
+    # The prompt is backed up over " val"; the allowed tokens re-create it, and the mixture,
+    # choosing among them, takes the file's " value" and goes on with the pattern.
+    text = SOURCE + "def helper_40(x):\n    val"
+    settings = CompletionSettings(max_new_tokens=8, min_confidence=0, min_token_prob=0)
+    engine = CompletionEngine(loaded_random_model, settings)
+    engine.open_document(URI, text, 1, "python")
+    completion = engine.complete(URI, len(text))
+    assert engine.active_region(URI).prompt.healed == " val"
+    assert completion.text.startswith("ue = x + ")

@@ -95,8 +95,10 @@ def test_only_allowed_tokens_are_chosen() -> None:
 
 
 def test_bad_weights_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"in \[0, 1\], got 1\.5"):
+    with pytest.raises(ValueError, match=r"in \[0, 1\), got 1\.5"):
         DocumentNgramMixture(weight=1.5)
+    with pytest.raises(ValueError, match=r"got 1\.0"):
+        DocumentNgramMixture(weight=1.0)
     with pytest.raises(SettingsError, match=r"document_ngram_weight .*got -0\.1"):
         CompletionSettings(document_ngram_weight=-0.1)
     assert CompletionSettings().document_ngram_weight == DEFAULT_WEIGHT
@@ -141,3 +143,25 @@ def test_drafts_verified_against_the_mixture_change_nothing(llama, seed: int) ->
     assert sum(a == b for a, b in zip(plain, expected)) > sum(
         a == b for a, b in zip(alone, expected)
     )
+    # Drafts of what the model alone would write: the mixture turns some of them down, and
+    # the output is still the mixture's.
+    doubter = AloneDraft(alone, len(prompt))
+    assert mixed_decode(llama, prompt, 30, draft=doubter)[0] == plain
+    assert doubter.accepted < doubter.verified
+
+
+class AloneDraft:
+    """Drafts the model alone's greedy continuation from where the generation has got to."""
+
+    def __init__(self, alone: list[int], prompt_length: int):
+        self.alone = alone
+        self.prompt_length = prompt_length
+        self.accepted = self.verified = 0
+
+    def __call__(self, ids) -> list[int]:
+        done = len(ids) - self.prompt_length
+        return self.alone[done : done + 4]
+
+    def record(self, accepted: int, verified: int) -> None:
+        self.accepted += accepted
+        self.verified += verified

@@ -34,7 +34,7 @@ def test_nothing_to_change() -> None:
         ({"suffixShare": 2}, "suffix_share"),
         (
             {"documentNgramWeight": 1.2},
-            "document_ngram_weight must be a number in \\[0, 1\\], got 1.2",
+            "document_ngram_weight must be a number in \\[0, 1\\), got 1.2",
         ),
         ({"debounceMs": -1}, "debounceMs"),
         ({"memoryBudgetMb": "big"}, "memoryBudgetMb"),
