@@ -61,7 +61,8 @@ test('every server setting is documented in package.json with its range', () => 
     assert.ok(property, `pieLsp.${key} is not in package.json`);
     assert.ok(property.markdownDescription || property.description, `pieLsp.${key} has no description`);
     if (property.type === 'integer' || property.type === 'number') {
-      assert.ok('minimum' in property && 'maximum' in property, `pieLsp.${key} has no range`);
+      const bounded = 'maximum' in property || 'exclusiveMaximum' in property;
+      assert.ok('minimum' in property && bounded, `pieLsp.${key} has no range`);
     } else if (property.type !== 'boolean') {
       assert.ok(Array.isArray(property.enum), `pieLsp.${key} lists no values`);
     }
