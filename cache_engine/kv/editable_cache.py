@@ -66,7 +66,8 @@ class NextTokenChooser(Protocol):
     the default (see model/document_ngrams.py for one that mixes in the document).
 
     It must depend on `ids` and the row only: verification checks each drafted token against
-    the choice made for the sequence ending just before it."""
+    the choice made for the sequence ending just before it. It must not keep `ids`, which grows
+    after the call as a verify pass's drafts are kept."""
 
     def __call__(
         self, logits: torch.Tensor, ids: Sequence[int], allowed: torch.Tensor | None
@@ -647,13 +648,14 @@ class EditableCache:
                 step = bound([token, *proposal], slot, all_logits=True)
             else:
                 step = self._forward([token, *proposal], slot, keep_logits=False, all_logits=True)
-            # Row by row, and only the rows kept (see _most_likely); the row after the kept
+            # Row by row, and only the rows kept (see most_likely); the row after the kept
             # ones gives the next token.
             accepted = 0
             context = self._ids + generated if reads_ids else []
             chosen = [choose(step[0], context, allowed)]
             while accepted < len(proposal) and chosen[-1][0] == proposal[accepted]:
-                context = context + [proposal[accepted]] if reads_ids else context
+                if reads_ids:
+                    context.append(proposal[accepted])
                 accepted += 1
                 chosen.append(choose(step[accepted], context, allowed))
             if draft is not None and proposal:
@@ -839,11 +841,11 @@ def _model_greedy(
     logits: torch.Tensor, ids: Sequence[int], allowed: torch.Tensor | None
 ) -> tuple[int, float]:
     """The model's most likely token (of the allowed ones) and its log-probability."""
-    token = _most_likely(logits, allowed)
+    token = most_likely(logits, allowed)
     return token, _log_prob(logits, token)
 
 
-def _most_likely(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> int:
+def most_likely(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> int:
     """The most likely token of a logits row [vocab] (of the allowed ones, if given).
 
     On CPU through numpy: torch reduces a row of more than 32k values on its OpenMP team, whose
@@ -866,7 +868,7 @@ def _most_likely(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> i
 
 def _log_prob(logits: torch.Tensor, token: int) -> float:
     """log softmax(logits)[token] for a logits row [vocab], without writing out the whole
-    distribution; on CPU through numpy, as for _most_likely."""
+    distribution; on CPU through numpy, as for most_likely."""
     if logits.device.type != "cpu":
         return float(torch.log_softmax(logits.float(), dim=-1)[token])
     row = logits.numpy()

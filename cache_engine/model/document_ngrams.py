@@ -35,6 +35,8 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import torch
 
+from cache_engine.kv.editable_cache import most_likely
+
 DEFAULT_WEIGHT = 0.2
 MIN_NGRAM = 2
 # Past this length every earlier match is the same one copied, and the search costs more.
@@ -93,14 +95,9 @@ class DocumentNgramMixture:
         for weight, follows in mixed:
             for token, share in follows.items():
                 candidates[token] = candidates.get(token, 0.0) + weight * share
-        if allowed is None:
-            model_best = int(row.argmax())
-        else:
-            choices = allowed.cpu().numpy()
-            if choices.size == 0:
-                raise ValueError("the token constraint allows no token at all")
-            model_best = int(choices[row[choices].argmax()])
-            allowed_set = set(choices.tolist())
+        model_best = most_likely(logits, allowed)
+        if allowed is not None:
+            allowed_set = set(allowed.tolist())
             candidates = {t: m for t, m in candidates.items() if t in allowed_set}
         candidates.setdefault(model_best, 0.0)
 
