@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_typing import FILES, source
+from benchmarks.machine import machine_record, streaming_read_bandwidth
 from cache_engine.completion.engine import CompletionEngine
 from cache_engine.completion.settings import CompletionSettings
 from cache_engine.completion.speculation import PromptLookup
@@ -56,6 +57,9 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    # This VM's memory switches between a fast and a slow state (reads of 30-40 or 60-67 GB/s),
+    # which moves the cost of a verify pass against a step: said before and after.
+    bandwidth_before = streaming_read_bandwidth(args.threads)["bytes_per_second"]
     torch.set_num_threads(args.threads)
     loaded = load_model("default")
     settings = CompletionSettings(max_new_tokens=1, document_ngram_weight=args.ngram_weight)
@@ -113,8 +117,14 @@ def main() -> None:
             rows.append(row)
         engine.close_document(uri)
         engine.release_closed()
+    bandwidth_after = streaming_read_bandwidth(args.threads)["bytes_per_second"]
     result = {
         "model": loaded.name,
+        "machine": machine_record(
+            args.threads,
+            read_bandwidth_gb_s_before=bandwidth_before / 1e9,
+            read_bandwidth_gb_s_after=bandwidth_after / 1e9,
+        ),
         "threads": args.threads,
         "places": len(rows),
         "tokens_per_place": args.tokens,

@@ -56,6 +56,34 @@ def test_in_a_fim_prompt_the_text_at_the_cursor_is_matched_and_markers_never_fol
         DocumentNgramMixture(left_end=12).ngram_mass(prompt)
 
 
+@pytest.mark.parametrize("left_end", [None, 30])
+def test_one_mixture_over_a_generation_answers_as_a_fresh_one_for_each_sequence(
+    left_end: int | None,
+) -> None:
+    """The searched ids are kept between calls and changed only where the generated tail
+    differs: growing, losing a verify pass's rejected end, growing past the kept array, and a
+    new prompt. A fresh mixture sees the prompt first, as in a generation."""
+    rng = random.Random(3)
+    prompt = [rng.randrange(6) for _ in range(40)]
+    kept = DocumentNgramMixture(weight=0.3, left_end=left_end)
+    kept.ngram_mass(prompt)
+    tail: list[int] = []
+    sequences = []
+    for _ in range(300):
+        if tail and rng.random() < 0.2:
+            del tail[len(tail) - rng.randrange(1, min(len(tail), 6) + 1) :]
+        else:
+            tail.extend(rng.randrange(6) for _ in range(rng.randrange(1, 4)))
+        sequences.append((prompt, prompt + tail))
+    other = [5, 4, *prompt[2:]]
+    sequences += [(prompt, prompt), (other, other), (other, [*other, 1, 2]), (other, other[:35])]
+    for sequence_prompt, ids in sequences:
+        fresh = DocumentNgramMixture(weight=0.3, left_end=left_end)
+        fresh.ngram_mass(sequence_prompt)
+        assert kept.ngram_mass(ids) == fresh.ngram_mass(ids)
+        assert kept.ngram_mass(tuple(ids)) == fresh.ngram_mass(ids)
+
+
 def test_no_earlier_match_leaves_the_model_alone() -> None:
     mixture = DocumentNgramMixture()
     ids = [1, 2, 3, 4, 5, 1]
