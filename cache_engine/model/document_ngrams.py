@@ -171,10 +171,10 @@ class DocumentNgramMixture:
         rejected end), and copying the prompt on every call cost about half of a call."""
         known = len(self._prompt_ids)
         if not known or len(ids) < known or ids[:known] != self._prompt_ids:
-            self._prompt_ids = ids[:]
             left_end = len(ids) if self.left_end is None else self.left_end
             if not 0 <= left_end <= len(ids):
                 raise ValueError(f"left_end {left_end} is outside the prompt of {len(ids)} ids")
+            self._prompt_ids = ids[:]
             # Up to max_ngram tokens: a left part shorter than that brings the marker (and in
             # spm the right part's end) before it, whose matches are the prompt's own anyway.
             copy = (

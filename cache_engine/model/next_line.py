@@ -9,7 +9,10 @@ Left free, the model often goes on with the line the prompt ends in instead (a q
 held-out lines, mostly in docstrings and comments), and predicts no next line at all. The
 question is what the next line is, so by default the first token must start with the newline:
 the token healing the engine does at a line start (text/token_healing.py), where the prompt is
-backed up over its newline and the first token must re-create it.
+backed up over its newline and the first token must re-create it. That holds for tokenizers
+that keep a newline apart from the text before it, as the default model's does. Where a token
+holds punctuation and the newline after it (Qwen2's "):\n"), healing backs up over that whole
+token, and a model evaluated here starts from a boundary it rarely saw.
 """
 
 from __future__ import annotations

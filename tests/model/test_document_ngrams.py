@@ -52,8 +52,12 @@ def test_in_a_fim_prompt_the_text_at_the_cursor_is_matched_and_markers_never_fol
     assert mixture.ngram_mass([*prompt, 3]) == [(0.2, {7: 1.0}), (pytest.approx(0.16), {7: 1.0})]
     # Read as a left-to-right prompt, the tail is the middle marker: nothing matches.
     assert DocumentNgramMixture(weight=0.2).ngram_mass(prompt) == []
+    refused = DocumentNgramMixture(left_end=12)
     with pytest.raises(ValueError, match="left_end 12 is outside the prompt of 11 ids"):
-        DocumentNgramMixture(left_end=12).ngram_mass(prompt)
+        refused.ngram_mass(prompt)
+    # The refused prompt was not kept: asked again, it is refused again.
+    with pytest.raises(ValueError, match="left_end 12 is outside the prompt of 11 ids"):
+        refused.ngram_mass(prompt)
 
 
 @pytest.mark.parametrize("left_end", [None, 30])
