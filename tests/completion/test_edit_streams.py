@@ -211,11 +211,15 @@ def test_engine_follows_random_edit_streams(loaded_random_model) -> None:
         for version in range(2, STEPS_PER_STREAM + 2):
             start, end, inserted, cursor = draw_change(data, text)
             text = engine.change_document(URI, version, [TextChange(start, end, inserted)])
+            shown = engine.documents.snapshot(URI).forward_typing
             completion = engine.complete(URI, cursor, version=version)
             if completion.source == "forward_typing":
-                # The key typed was the start of the last suggestion: the rest is answered
+                # The keys typed were the start of the last suggestion: the rest is answered
                 # without the model, and the cache catches up at the next model completion,
-                # which the next step checks.
+                # which the next step checks. What the document holds since the suggestion's
+                # place, then the answer, must be the suggestion.
+                assert shown is not None
+                assert text[shown.anchor : cursor] + completion.text == shown.suggestion
                 assert engine.documents.snapshot(URI).text == text
                 counts["typed_ahead"] += 1
             else:
