@@ -90,8 +90,6 @@ class DocumentNgramMixture:
     ) -> tuple[int, float]:
         """(the next token after `ids`, its log-probability under the mixture), given the
         model's logits row [vocab] for that place; of the `allowed` ids only, if given."""
-        if not isinstance(ids, list):
-            ids = list(ids)
         row = logits.float().cpu().numpy()
         top = float(row.max())
         log_total = top + math.log(float(np.exp(row - top).sum(dtype=np.float64)))

@@ -202,20 +202,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     outside = outside_stdlib_texts()
     _, outside_bpb = bits_per_byte(loaded, outside) if outside else (None, None)
     start_new_line = not args.free_first_token
-    em, em_examples = next_line_exact_match(
-        loaded, texts, args.em_samples, args.context_tokens, args.seed, 0.0, start_new_line
-    )
-    mixed_em = em
-    if args.ngram_weight:
-        mixed_em, _ = next_line_exact_match(
+
+    def exact_match(ngram_weight: float) -> tuple[float, list[dict]]:
+        return next_line_exact_match(
             loaded,
             texts,
             args.em_samples,
             args.context_tokens,
             args.seed,
-            args.ngram_weight,
+            ngram_weight,
             start_new_line,
         )
+
+    em, em_examples = exact_match(0.0)
+    mixed_em = exact_match(args.ngram_weight)[0] if args.ngram_weight else em
     result = {
         "model": args.model,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
